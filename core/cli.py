@@ -1,0 +1,71 @@
+"""The ``polysteer`` command. Modalities and third-party plugins add subcommands via ``register_commands``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from polysteer.errors import PolysteerError
+from polysteer.manager import load_plugins, plugin_summary, pm
+
+
+@click.group()
+@click.version_option(package_name="polysteer")
+def cli():
+    """Steer generative models at inference time."""
+
+
+@cli.command()
+def plugins():
+    """List every plugin, what it registered, and plugins that failed to load."""
+    for row in plugin_summary():
+        if "error" in row:
+            click.echo(f"{row['name']}  [failed to load] {row['error']}")
+            continue
+        click.echo(row["name"])
+        for kind, names in sorted(row["registered"].items()):
+            click.echo(f"  {kind}: {', '.join(sorted(names))}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+def inspect(path):
+    """Print a direction file's manifest and vector norms."""
+    import json
+
+    from polysteer.direction import Direction
+
+    direction = Direction.load(path)
+    click.echo(json.dumps(direction.manifest(), indent=2))
+    for hp in direction.hook_points:
+        click.echo(f"{hp}: norm {direction.vectors[hp].norm():.4f}")
+
+
+_commands_registered = False
+
+
+def get_cli() -> click.Group:
+    """The command group with every plugin's commands added (once)."""
+    global _commands_registered
+    if not _commands_registered:
+        _commands_registered = True
+        load_plugins()
+        pm.hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv=None):
+    """Entry point: bad input prints one ``Error:`` line and exits 1, never a traceback."""
+    get_cli()
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except PolysteerError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

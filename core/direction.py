@@ -1,0 +1,150 @@
+"""The Direction artifact: vectors in safetensors, a JSON manifest in the safetensors metadata.
+
+Only safetensors and JSON are ever read, so a direction file from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from polysteer.capture import write_safetensors_atomic
+from polysteer.engine import Intervention, Plan
+from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint
+
+FORMAT_VERSION = 1
+_MANIFEST_KEY = "polysteer"
+_EXTRA = "extra."
+
+
+@dataclass
+class Direction:
+    """Steering vectors for one model, one per hook point, plus how to apply them.
+
+    The plan coefficient for hook point ``hp`` is ``coefficient * scales[hp] * weights[hp]``: ``scales``
+    holds the class separation along each vector, so coefficient 1 moves activations by about the
+    distance between the two classes.
+    """
+
+    vectors: dict[str, torch.Tensor]
+    modality: str
+    model: dict[str, str]
+    d_model: int
+    operator: str = "add"
+    schedule: str = "constant"
+    coefficient: float = 1.0
+    scales: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    finder: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    polysteer_version: str = ""
+
+    def __post_init__(self):
+        for hp, v in self.vectors.items():
+            HookPoint.parse(hp)
+            if v.ndim != 1 or v.shape[0] != self.d_model:
+                raise PolysteerError(f"vector for {hp} has shape {tuple(v.shape)}, expected ({self.d_model},)")
+            if not torch.isfinite(v).all():
+                raise PolysteerError(f"vector for {hp} contains NaN or inf")
+        if not self.polysteer_version:
+            from polysteer import __version__
+
+            self.polysteer_version = __version__
+
+    @property
+    def hook_points(self) -> list[str]:
+        return sorted(self.vectors, key=HookPoint.parse)
+
+    def to_plan(
+        self,
+        coefficient: float | None = None,
+        operator: str | None = None,
+        schedule: Any = None,
+        hook_points: list[str] | None = None,
+        **intervention_kwargs: Any,
+    ) -> Plan:
+        """A plan with one intervention per hook point, using the stored defaults unless given."""
+        coef = self.coefficient if coefficient is None else coefficient
+        ivs = []
+        for hp in hook_points or self.hook_points:
+            if hp not in self.vectors:
+                raise PolysteerError(f"direction has no vector for {hp}; it has {', '.join(self.hook_points)}")
+            factor = self.scales.get(hp, 1.0) * self.weights.get(hp, 1.0)
+            scaled = coef * factor if not isinstance(coef, (list, tuple)) else [c * factor for c in coef]
+            ivs.append(Intervention(self.vectors[hp], hp, scaled, operator or self.operator,
+                                    schedule or self.schedule, **intervention_kwargs))
+        return Plan(ivs)
+
+    def check_model(self, identity: dict[str, str], d_model: int, force: bool = False) -> None:
+        """Refuse a model with another d_model, or (unless ``force``) another architecture/config."""
+        if d_model != self.d_model:
+            raise PolysteerError(
+                f"direction was made for d_model {self.d_model} ({self.model.get('name')}), but this model has "
+                f"d_model {d_model}; find a new direction on this model"
+            )
+        for key in ("architecture", "config_hash"):
+            if not force and self.model.get(key) and identity.get(key) != self.model.get(key):
+                raise PolysteerError(
+                    f"direction was made for {self.model.get('name')} ({key} {self.model.get(key)}), this model "
+                    f"is {identity.get('name')} ({key} {identity.get(key)}); pass force=True (--force) to use it anyway"
+                )
+
+    def manifest(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("vectors"), data.pop("extras")
+        data["format_version"] = FORMAT_VERSION
+        data["hook_points"] = self.hook_points
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically; the manifest travels inside the safetensors header."""
+        path = Path(path)
+        tensors = {hp: v.detach().float().contiguous().cpu() for hp, v in self.vectors.items()}
+        tensors.update({_EXTRA + k: v.detach().contiguous().cpu() for k, v in self.extras.items()})
+        write_safetensors_atomic(path, tensors, {_MANIFEST_KEY: json.dumps(self.manifest())})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Direction":
+        """Read a direction file, with a clear error for missing, corrupt or foreign files."""
+        path = Path(path)
+        if not path.is_file():
+            raise PolysteerError(f"direction file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PolysteerError(f"cannot read {path}: truncated or not a safetensors file ({exc})") from None
+        if _MANIFEST_KEY not in meta:
+            raise PolysteerError(f"{path} is a safetensors file without a polysteer manifest")
+        try:
+            manifest = json.loads(meta[_MANIFEST_KEY])
+        except json.JSONDecodeError as exc:
+            raise PolysteerError(f"{path} has a corrupt manifest: {exc}") from None
+        return cls._from_parts(path, manifest, tensors)
+
+    @classmethod
+    def _from_parts(cls, path, manifest, tensors) -> "Direction":
+        version = manifest.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise PolysteerError(f"{path} has format version {version}; this polysteer reads {FORMAT_VERSION}")
+        points = manifest.pop("hook_points", [])
+        missing = [hp for hp in points if hp not in tensors]
+        if missing:
+            raise PolysteerError(f"{path} lists hook points without vectors: {missing}")
+        vectors = {hp: tensors[hp] for hp in points}
+        extras = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
+        try:
+            return cls(vectors=vectors, extras=extras, **manifest)
+        except TypeError as exc:
+            raise PolysteerError(f"{path} has an unexpected manifest: {exc}") from None

@@ -1,0 +1,205 @@
+"""The steering engine: ``with steer(model, plan): model.generate(...)``.
+
+Hooks are registered on entry and every one is removed on exit, also when the body raises. One
+forward pre-hook on the modality's root module tracks the generation step and token positions; one
+hook per steered module applies all interventions at that module.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint
+from polysteer.modality import Modality, StepTracker, modality_for
+from polysteer.operator import Operator
+from polysteer.schedule import Schedule, parse_schedule
+
+
+@dataclass
+class Intervention:
+    """One direction injected at one hook point.
+
+    Attributes:
+        direction: ``[d_model]`` vector (used as given; operators normalise where they need to).
+        hook_point: canonical name, e.g. ``text.blocks.12.resid_post``.
+        coefficient: a number, or one number per batch row (a batched sweep in one generate).
+        operator: registered name or Operator instance.
+        schedule: spec string (``'ramp:0-20'``) or Schedule instance.
+        rows: batch rows to steer (None: all).
+        span: a modality-specific position span, e.g. ``'image'`` for VLMs (None: all positions).
+        branch: classifier-free-guidance branch: ``'both'``, ``'cond'`` or ``'uncond'``.
+    """
+
+    direction: torch.Tensor
+    hook_point: str
+    coefficient: float | Sequence[float] | torch.Tensor = 1.0
+    operator: str | Operator = "add"
+    schedule: str | Schedule = "constant"
+    rows: Sequence[int] | None = None
+    span: str | None = None
+    branch: str = "both"
+
+
+@dataclass
+class Plan:
+    """An ordered list of interventions; ``plan_a + plan_b`` composes them."""
+
+    interventions: list[Intervention] = field(default_factory=list)
+
+    def __add__(self, other: "Plan") -> "Plan":
+        return Plan(self.interventions + as_plan(other).interventions)
+
+    def __iter__(self) -> Iterator[Intervention]:
+        return iter(self.interventions)
+
+    def __len__(self) -> int:
+        return len(self.interventions)
+
+
+def as_plan(plan: "Plan | Intervention | Sequence[Intervention]") -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, Intervention):
+        return Plan([plan])
+    if hasattr(plan, "to_plan"):
+        return plan.to_plan()
+    return Plan(list(plan))
+
+
+class _Compiled:
+    """An intervention with its operator, schedule and tensors resolved for one model."""
+
+    def __init__(self, iv: Intervention, modality: Modality, d_model: int, device, dtype):
+        from polysteer.manager import registry
+
+        vector = torch.as_tensor(iv.direction).detach()
+        if vector.ndim != 1 or vector.shape[0] != d_model:
+            raise PolysteerError(
+                f"direction for {iv.hook_point} has shape {tuple(vector.shape)} but the model's d_model "
+                f"there is {d_model}; it was made for another model or layer"
+            )
+        if not torch.isfinite(vector).all():
+            raise PolysteerError(f"direction for {iv.hook_point} contains NaN or inf; re-fit it")
+        self.vector = vector.to(device=device, dtype=dtype)
+        self.operator = iv.operator if isinstance(iv.operator, Operator) else registry("operators")[iv.operator]()
+        self.schedule = parse_schedule(iv.schedule, modality.steps_per_second)
+        self.layer = HookPoint.parse(iv.hook_point).layer
+        coef = torch.as_tensor(iv.coefficient, dtype=torch.float32)
+        self.scalar = float(coef) if coef.ndim == 0 else None
+        self.row_coef = None if coef.ndim == 0 else coef.to(device)
+        self.rows = None if iv.rows is None else torch.as_tensor(list(iv.rows), dtype=torch.long)
+        self.span, self.branch, self.modality = iv.span, iv.branch, modality
+
+    def is_zero(self) -> bool:
+        return self.scalar == 0.0 or (self.row_coef is not None and not self.row_coef.any())
+
+    def coefficient(self, state, h: torch.Tensor):
+        """A float or a [batch, seq, 1] tensor (zero where nothing should change); None if all zero."""
+        mult = self.schedule(state.step, state.positions, self.layer, state.prompt_length)
+        per_position = torch.is_tensor(mult)
+        if not per_position and mult == 0:
+            return None
+        if self.scalar is not None and not per_position and self._plain():
+            return self.scalar * mult
+        coef = torch.ones(h.shape[:2], device=h.device) * mult
+        coef = coef * self._row_values(h.shape[0], h.device).unsqueeze(1)
+        if self.span is not None:
+            coef = coef * self.modality.span_mask(self.span, state, h)
+        return coef.unsqueeze(-1).to(h.dtype) if coef.any() else None
+
+    def _plain(self) -> bool:
+        return self.rows is None and self.span is None and self.branch == "both"
+
+    def _row_values(self, batch: int, device) -> torch.Tensor:
+        values = self.row_coef if self.row_coef is not None else torch.full((1,), self.scalar, device=device)
+        if self.rows is not None:
+            chosen = torch.zeros(self.modality.input_rows(batch), device=device)
+            chosen[self.rows.to(device)] = 1.0
+            values = values * chosen
+        values = values.expand(batch) if len(values) == 1 else self.modality.expand_rows(values, batch)
+        branch = self.modality.branch_rows(self.branch, batch)
+        return values if branch is None else values * branch.to(device)
+
+
+def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> torch.Tensor | None:
+    state = tracker.state_for(h)
+    out = None
+    for c in compiled:
+        coef = c.coefficient(state, h)
+        if coef is None:
+            continue
+        current = h if out is None else out
+        new = c.operator(current, c.vector, coef)
+        out = torch.where(coef != 0, new, current) if torch.is_tensor(coef) else new
+    return out
+
+
+def _output_hook(compiled, tracker):
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        new = _apply(compiled, tracker, h)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
+
+
+def _input_hook(compiled, tracker):
+    def hook(module, args, kwargs):
+        in_kwargs = not args
+        h = kwargs["hidden_states"] if in_kwargs else args[0]
+        new = _apply(compiled, tracker, h)
+        if new is None:
+            return None
+        if in_kwargs:
+            return args, {**kwargs, "hidden_states": new}
+        return (new, *args[1:]), kwargs
+
+    return hook
+
+
+@contextmanager
+def steer(model: Any, plan: "Plan | Intervention | Sequence[Intervention]", modality: str | Modality | None = None):
+    """Apply ``plan`` to ``model`` inside the block; every hook is removed on exit, even on error.
+
+    Args:
+        model: any model a registered modality accepts.
+        plan: a Plan, an Intervention, a list of them, or a Direction (its default plan).
+        modality: a modality name or instance; by default the first modality that accepts the model.
+    """
+    mod = modality if isinstance(modality, Modality) else modality_for(model, modality)
+    handles = []
+    try:
+        tracker = mod.tracker(model)
+        handles.append(tracker.root.register_forward_pre_hook(lambda m, a, k: tracker.update(a, k), with_kwargs=True))
+        for target, compiled in _compile(model, as_plan(plan), mod).items():
+            module, edit = target
+            if edit == "input":
+                handles.append(module.register_forward_pre_hook(_input_hook(compiled, tracker), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(_output_hook(compiled, tracker)))
+        yield tracker
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _compile(model, plan: Plan, modality: Modality) -> dict[tuple, list[_Compiled]]:
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else "cpu"
+    grouped: dict[tuple, list[_Compiled]] = defaultdict(list)
+    for iv in plan:
+        hp = HookPoint.parse(iv.hook_point)
+        target = modality.resolve(model, hp)
+        dtype = next(iter(target.module.parameters()), param).dtype if param is not None else torch.float32
+        compiled = _Compiled(iv, modality, modality.d_model(model, hp), device, dtype)
+        if not compiled.is_zero():
+            grouped[(target.module, target.edit)].append(compiled)
+    return grouped

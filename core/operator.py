@@ -1,0 +1,19 @@
+"""Injection operator base class: how a direction changes a hidden state."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Operator:
+    """``operator(h, v, coef)`` returns the new hidden states.
+
+    ``h`` is ``[batch, positions, d_model]``, ``v`` a ``[d_model]`` direction, ``coef`` a float or a
+    ``[batch, positions, 1]`` tensor. The engine only calls an operator where ``coef`` is non-zero and
+    keeps the other positions bit-identical, so operators need not handle zeros.
+    """
+
+    name: str = ""
+
+    def __call__(self, h: torch.Tensor, v: torch.Tensor, coef) -> torch.Tensor:
+        raise NotImplementedError

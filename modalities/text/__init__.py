@@ -1,0 +1,17 @@
+"""The text modality plugin: HF causal LMs, their judges and the text commands."""
+
+from polysteer.hookspecs import hookimpl
+from polysteer.modalities.text.modality import TextModality
+
+
+@hookimpl
+def register_modalities(register):
+    register(TextModality)
+
+
+@hookimpl
+def register_evaluators(register):
+    from polysteer.modalities.text.judges import ConceptSimilarity, KeywordJudge, Perplexity
+
+    for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity):
+        register(evaluator)

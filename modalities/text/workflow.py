@@ -1,0 +1,105 @@
+"""Text workflows shared by the CLI and the Python API: find a direction, measure concept expression."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from polysteer.direction import Direction
+from polysteer.finder import fit_layers, make_finder
+from polysteer.hookpoints import hook_point
+from polysteer.modalities.text.generation import Example, collect, generate, persona_answers
+from polysteer.modalities.text.judges import KeywordJudge
+from polysteer.modalities.text.modality import TextModality
+from polysteer.modalities.text.presets import EVAL_PROMPTS, TRAIN_QUESTIONS, PersonaPair
+
+
+def default_layer(n_layers: int) -> int:
+    """A middle layer (40% of the depth): where concept directions steer best on small chat models."""
+    return round(0.4 * n_layers)
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int]:
+    """``'12'``, ``'8,12,16'``, ``'8-12'`` or ``'all'``; None gives :func:`default_layer`."""
+    from polysteer.errors import PolysteerError
+
+    if not spec:
+        return [default_layer(n_layers)]
+    if spec == "all":
+        return list(range(n_layers))
+    layers: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise PolysteerError(f"bad layer spec {spec!r}: use '12', '8,12,16', '8-12' or 'all'") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise PolysteerError(f"layers {bad} out of range: the model has {n_layers} blocks (0-{n_layers - 1})")
+    return layers
+
+
+def find_direction(
+    model,
+    tokenizer,
+    positives: Sequence[Example],
+    negatives: Sequence[Example],
+    layers: Sequence[int],
+    finder="diffmean",
+    site: str = "resid_post",
+    pooling: str = "mean",
+    cache_dir: str | None = None,
+    provenance: dict | None = None,
+    **finder_params,
+) -> Direction:
+    """Capture every layer in one pass, fit the finder per layer and package a Direction."""
+    modality = TextModality()
+    points = [hook_point(layer, site) for layer in layers]
+    X_pos = collect(model, tokenizer, positives, points, pooling, cache_dir=cache_dir)
+    X_neg = collect(model, tokenizer, negatives, points, pooling, cache_dir=cache_dir)
+    proto = make_finder(finder, **finder_params)
+    fitted = fit_layers(proto, X_pos, X_neg)
+    return Direction(
+        vectors={hp: f.direction_ for hp, f in fitted.items()},
+        modality=modality.name,
+        model=modality.identity(model),
+        d_model=modality.d_model(model, points[0]),
+        scales={hp: float(f.scale_) for hp, f in fitted.items()},
+        finder={"name": proto.name, "params": {k: v for k, v in proto.get_params().items() if _jsonable(v)}},
+        provenance={"n_positive": len(positives), "n_negative": len(negatives), "pooling": pooling,
+                    **(provenance or {})},
+    )
+
+
+def _jsonable(value) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def persona_data(model, tokenizer, pair: PersonaPair, questions: Sequence[str] = TRAIN_QUESTIONS,
+                 max_new_tokens: int = 48) -> tuple[list[Example], list[Example]]:
+    """Answers written in each persona, to read back without it (the CAA recipe)."""
+    pos = persona_answers(model, tokenizer, questions, pair.positive, max_new_tokens)
+    neg = persona_answers(model, tokenizer, questions, pair.negative, max_new_tokens)
+    return pos, neg
+
+
+@dataclass
+class ConceptRate:
+    """How often generations express a concept, unsteered vs steered, with the texts."""
+
+    unsteered: float
+    steered: float
+    prompts: list[str]
+    unsteered_texts: list[str]
+    steered_texts: list[str]
+
+
+def concept_rate(model, tokenizer, plan, keywords: Sequence[str], prompts: Sequence[str] = EVAL_PROMPTS,
+                 max_new_tokens: int = 48) -> ConceptRate:
+    """Fraction of prompts whose (greedy) output mentions a concept keyword, without and with ``plan``."""
+    judge = KeywordJudge(keywords)
+    base = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    steered = generate(model, tokenizer, prompts, plan, max_new_tokens=max_new_tokens)
+    rate = lambda texts: sum(judge.evaluate(texts)) / len(texts)  # noqa: E731
+    return ConceptRate(rate(base), rate(steered), list(prompts), base, steered)

