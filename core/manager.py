@@ -22,7 +22,11 @@ DEFAULT_PLUGINS = (
     "polysteer.plugins.finders",
     "polysteer.plugins.operators",
     "polysteer.plugins.schedules",
+    "polysteer.plugins.rfm",
+    "polysteer.plugins.sae",
     "polysteer.modalities.text",
+    "polysteer.modalities.music",
+    "polysteer.modalities.vision_language",
 )
 KINDS = ("direction_finders", "schedules", "operators", "modalities", "evaluators")
 
