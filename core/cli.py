@@ -7,6 +7,7 @@ import sys
 import click
 
 from polysteer.errors import PolysteerError
+from polysteer import manager
 from polysteer.manager import load_plugins, plugin_summary, pm
 
 
@@ -50,9 +51,18 @@ def get_cli() -> click.Group:
     global _commands_registered
     if not _commands_registered:
         _commands_registered = True
-        load_plugins()
-        pm.hook.register_commands(cli=cli)
+        add_plugin_commands(cli)
     return cli
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Let every plugin add its commands; one that fails is reported by `polysteer plugins`."""
+    load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=group)
+        except Exception as exc:  # a plugin's broken command must not take the CLI down
+            manager.broken_plugins[pm.get_name(impl.plugin)] = f"{type(exc).__name__}: {exc}"
 
 
 def main(argv=None):

@@ -25,6 +25,14 @@ class DirectionFinder(BaseEstimator):
     def fit(self, X_pos: torch.Tensor, X_neg: torch.Tensor) -> "DirectionFinder":
         raise NotImplementedError
 
+    @classmethod
+    def check_params(cls, d_model: int) -> dict:
+        """Parameters that let the common finder checks build this finder for ``d_model``-sized data.
+
+        Finders that need a resource (an SAE, a model) return one here, as scikit-learn's check params do.
+        """
+        return {}
+
     def score(self, X: torch.Tensor) -> torch.Tensor:
         """Concept score of each row: its projection on the direction."""
         return X.float() @ self.direction_.float()

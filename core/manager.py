@@ -99,7 +99,12 @@ def registry(kind: str) -> Registry:
     reg = Registry(kind)
     for impl in getattr(pm.hook, f"register_{kind}").get_hookimpls():
         owner = pm.get_name(impl.plugin) or repr(impl.plugin)
-        impl.function(register=lambda obj, name=None, _o=owner: _add(reg, obj, name, _o))
+        try:
+            impl.function(register=lambda obj, name=None, _o=owner: _add(reg, obj, name, _o))
+        except PolysteerError:
+            raise
+        except Exception as exc:  # a plugin whose hook fails is reported, the others still load
+            broken_plugins[owner] = f"{type(exc).__name__}: {exc}"
     return reg
 
 

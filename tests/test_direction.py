@@ -1,0 +1,105 @@
+"""The Direction artifact: round trip, model checks, corrupt files, atomic writes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from polysteer import Direction, PolysteerError
+from polysteer.modalities.text.modality import TextModality
+from tiny import tiny_model
+
+
+def make(model, d=None):
+    modality = TextModality()
+    d = d or modality.d_model(model, None)
+    torch.manual_seed(0)
+    return Direction(
+        vectors={"text.blocks.1.resid_post": torch.randn(d), "text.blocks.2.resid_post": torch.randn(d)},
+        modality="text", model=modality.identity(model), d_model=d, scales={"text.blocks.1.resid_post": 2.0},
+        finder={"name": "diffmean", "params": {}}, extras={"gate.w": torch.arange(4.0)},
+    )
+
+
+def test_round_trip_is_exact(tmp_path, llama):
+    original = make(llama)
+    path = original.save(tmp_path / "d.safetensors")
+    loaded = Direction.load(path)
+    for hp, v in original.vectors.items():
+        assert torch.equal(loaded.vectors[hp], v)
+    assert torch.equal(loaded.extras["gate.w"], original.extras["gate.w"])
+    assert loaded.manifest() == original.manifest()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_manifest_fields(tmp_path, llama):
+    path = make(llama).save(tmp_path / "d.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        manifest = json.loads(f.metadata()["polysteer"])
+    for key in ("format_version", "modality", "model", "d_model", "hook_points", "operator", "schedule",
+                "coefficient", "finder", "provenance", "created", "polysteer_version"):
+        assert key in manifest
+    assert manifest["model"]["config_hash"]
+
+
+def test_plan_scales_coefficients(llama):
+    plan = make(llama).to_plan(3.0)
+    coefs = {iv.hook_point: iv.coefficient for iv in plan}
+    assert coefs == {"text.blocks.1.resid_post": 6.0, "text.blocks.2.resid_post": 3.0}
+
+
+def test_other_d_model_is_refused(llama):
+    gpt2 = tiny_model("gpt2")
+    direction = make(llama)
+    with pytest.raises(PolysteerError, match="d_model 32"):
+        direction.check_model(TextModality().identity(gpt2), 64)
+
+
+def test_other_architecture_is_refused_unless_forced(llama):
+    direction = make(llama)
+    mistral = tiny_model("mistral")
+    identity = TextModality().identity(mistral)
+    with pytest.raises(PolysteerError, match="force"):
+        direction.check_model(identity, 32)
+    direction.check_model(identity, 32, force=True)
+    direction.check_model(TextModality().identity(llama), 32)
+
+
+def test_truncated_file_gives_clear_error(tmp_path, llama):
+    path = make(llama).save(tmp_path / "d.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PolysteerError, match="truncated or not a safetensors"):
+        Direction.load(path)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    with pytest.raises(PolysteerError, match="does not exist"):
+        Direction.load(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_text("hello")
+    with pytest.raises(PolysteerError, match="truncated or not a safetensors"):
+        Direction.load(tmp_path / "junk.safetensors")
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(PolysteerError, match="without a polysteer manifest"):
+        Direction.load(tmp_path / "plain.safetensors")
+
+
+def test_nan_vector_refused(llama):
+    with pytest.raises(PolysteerError, match="NaN"):
+        Direction(vectors={"text.blocks.0.resid_post": torch.full((32,), float("nan"))}, modality="text",
+                  model={}, d_model=32)
+
+
+def test_failed_save_leaves_no_partial_file(tmp_path, llama, monkeypatch):
+    import polysteer.capture as capture
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(capture, "save_file", boom)
+    with pytest.raises(OSError):
+        make(llama).save(tmp_path / "d.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,111 @@
+"""Common checks run over every registered direction finder (as scikit-learn's estimator checks)."""
+
+import pytest
+import torch
+
+from polysteer import DirectionFinder, PolysteerError, make_finder, registry
+from polysteer.finder import fit_layers
+
+FINDERS = registry("direction_finders").names()
+D = 48
+
+
+def planted(n=200, seed=0, shift=3.0):
+    """Two classes that differ along one random unit direction, with isotropic noise."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(D, generator=g)
+    v /= v.norm()
+    X_pos = torch.randn(n, D, generator=g) + shift * v
+    X_neg = torch.randn(n, D, generator=g) - shift * v
+    return X_pos, X_neg, v
+
+
+def build(name):
+    item = registry("direction_finders")[name]
+    params = item.check_params(D) if isinstance(item, type) and issubclass(item, DirectionFinder) else {}
+    return make_finder(name, **params)
+
+
+@pytest.fixture(params=FINDERS)
+def finder(request):
+    return build(request.param)
+
+
+def test_builtins_are_registered():
+    assert {"diffmean", "pca_diff", "pca_center", "probe"} <= set(FINDERS)
+
+
+def test_shape_and_unit_norm(finder):
+    X_pos, X_neg, _ = planted()
+    fitted = finder.fit(X_pos, X_neg)
+    assert fitted is finder
+    assert finder.direction_.shape == (D,)
+    assert torch.isclose(finder.direction_.norm(), torch.tensor(1.0), atol=1e-5)
+    assert finder.scale_ > 0
+
+
+def test_positives_project_higher(finder):
+    X_pos, X_neg, _ = planted()
+    finder.fit(X_pos, X_neg)
+    assert finder.score(X_pos).mean() > finder.score(X_neg).mean()
+
+
+def test_deterministic(finder):
+    X_pos, X_neg, _ = planted()
+    a = make_finder(finder).fit(X_pos, X_neg).direction_
+    b = make_finder(finder).fit(X_pos, X_neg).direction_
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sign_flips_when_classes_swap(finder):
+    X_pos, X_neg, _ = planted()
+    a = make_finder(finder).fit(X_pos, X_neg).direction_
+    b = make_finder(finder).fit(X_neg, X_pos).direction_
+    assert torch.allclose(a, -b, atol=1e-4)
+
+
+def test_recovers_planted_direction(finder):
+    X_pos, X_neg, v = planted()
+    assert abs(float(finder.fit(X_pos, X_neg).direction_ @ v)) >= 0.95
+
+
+def test_init_stores_parameters_only(finder):
+    learned = [k for k in vars(make_finder(finder)) if k.endswith("_")]
+    assert learned == []
+
+
+def test_nan_input_is_refused(finder):
+    X_pos, X_neg, _ = planted()
+    X_pos[0, 0] = float("nan")
+    with pytest.raises(PolysteerError, match="NaN"):
+        finder.fit(X_pos, X_neg)
+
+
+def test_bare_function_is_a_finder():
+    def median_diff(X_pos, X_neg):
+        return X_pos.median(0).values - X_neg.median(0).values
+
+    X_pos, X_neg, v = planted()
+    finder = make_finder(median_diff)
+    assert isinstance(finder, DirectionFinder) and finder.name == "median_diff"
+    assert float(finder.fit(X_pos, X_neg).direction_ @ v) >= 0.95
+
+
+def test_fit_layers_fits_each_hook_point():
+    a_pos, a_neg, va = planted(seed=1)
+    b_pos, b_neg, vb = planted(seed=2)
+    fitted = fit_layers(make_finder("diffmean"), {"text.blocks.1.resid_post": a_pos, "text.blocks.2.resid_post": b_pos},
+                        {"text.blocks.1.resid_post": a_neg, "text.blocks.2.resid_post": b_neg})
+    assert float(fitted["text.blocks.1.resid_post"].direction_ @ va) > 0.95
+    assert float(fitted["text.blocks.2.resid_post"].direction_ @ vb) > 0.95
+
+
+def test_pca_diff_needs_pairs():
+    X_pos, X_neg, _ = planted()
+    with pytest.raises(PolysteerError, match="paired"):
+        make_finder("pca_diff").fit(X_pos, X_neg[:-3])
+
+
+def test_unknown_finder_names_the_registered_ones():
+    with pytest.raises(PolysteerError, match="diffmean"):
+        make_finder("no-such-finder")

@@ -1,0 +1,159 @@
+"""The plugin system: registration, restriction, broken and duplicate plugins, the `plugins` command."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from polysteer import DirectionFinder, PolysteerError, hookimpl, hookspecs, make_finder, manager, registry
+from polysteer.cli import add_plugin_commands, get_cli
+
+ROOT = Path(__file__).parent.parent
+
+
+class Negated(DirectionFinder):
+    name = "negated-diffmean"
+
+    def fit(self, X_pos, X_neg):
+        self.direction_ = (X_neg.mean(0) - X_pos.mean(0)) / (X_neg.mean(0) - X_pos.mean(0)).norm()
+        self.scale_ = 1.0
+        return self
+
+
+class FinderPlugin:
+    __name__ = "finder-plugin"
+
+    @staticmethod
+    @hookimpl
+    def register_direction_finders(register):
+        register(Negated)
+
+
+def test_register_and_unregister_a_finder_plugin():
+    manager.pm.register(FinderPlugin, name="finder-plugin")
+    try:
+        reg = registry("direction_finders")
+        assert reg["negated-diffmean"] is Negated
+        assert reg.owners["negated-diffmean"] == "finder-plugin"
+        X_pos, X_neg = torch.ones(4, 3), torch.zeros(4, 3)
+        assert make_finder("negated-diffmean").fit(X_pos, X_neg).direction_.sum() < 0
+    finally:
+        manager.pm.unregister(name="finder-plugin")
+    assert "negated-diffmean" not in registry("direction_finders")
+
+
+def test_duplicate_names_raise_naming_both_plugins():
+    class Dup:
+        @staticmethod
+        @hookimpl
+        def register_operators(register):
+            from polysteer.plugins.operators import Add
+
+            register(Add)
+
+    manager.pm.register(Dup, name="dup-plugin")
+    try:
+        with pytest.raises(PolysteerError, match=r"'add'.*polysteer\.plugins\.operators.*dup-plugin"):
+            registry("operators")
+    finally:
+        manager.pm.unregister(name="dup-plugin")
+
+
+def test_broken_plugin_is_reported_not_fatal(monkeypatch):
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    def explode():
+        raise ImportError("missing dependency xyz")
+
+    manager._register_module("broken-example", explode)
+    assert "missing dependency xyz" in manager.broken_plugins["broken-example"]
+    result = CliRunner().invoke(get_cli(), ["plugins"])
+    assert result.exit_code == 0
+    assert "broken-example  [failed to load] ImportError: missing dependency xyz" in result.output
+
+
+def test_plugins_command_lists_what_each_plugin_registered():
+    output = CliRunner().invoke(get_cli(), ["plugins"]).output
+    assert "polysteer.plugins.finders" in output
+    assert re.search(r"direction_finders: .*diffmean", output)
+    assert re.search(r"modalities: text", output)
+
+
+def test_load_restriction_env_var(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from polysteer import manager; manager.load_plugins(); "
+            "print(sorted(manager.pm.get_name(p) for p in manager.pm.get_plugins()))")
+    env = {"POLYSTEER_LOAD_PLUGINS": "polysteer.plugins.finders,polysteer.plugins.operators", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['polysteer.plugins.finders', 'polysteer.plugins.operators']"
+
+
+def test_unknown_plugin_kind():
+    with pytest.raises(PolysteerError, match="unknown plugin kind"):
+        registry("widgets")
+
+
+class EveryKind:
+    """One small thing of every kind, registered the way third parties do."""
+
+    @staticmethod
+    @hookimpl
+    def register_schedules(register):
+        from polysteer.plugins.schedules import Constant
+
+        register(type("Half", (Constant,), {"name": "half", "__call__": lambda self, *a: 0.5}))
+
+    @staticmethod
+    @hookimpl
+    def register_evaluators(register):
+        from polysteer import Evaluator
+
+        register(type("Length", (Evaluator,), {"name": "length", "evaluate": lambda self, outs, **k: [len(o) for o in outs]}))
+
+    @staticmethod
+    @hookimpl
+    def register_modalities(register):
+        from polysteer.modalities.text.modality import TextModality
+
+        register(type("OtherText", (TextModality,), {"name": "other-text", "priority": -1}))
+
+    @staticmethod
+    @hookimpl
+    def register_commands(cli):
+        import click
+
+        cli.add_command(click.Command("hello-plugin", callback=lambda: click.echo("hello from a plugin")))
+
+
+def test_every_kind_can_be_registered_by_a_plugin():
+    import click
+
+    from polysteer import parse_schedule
+
+    manager.pm.register(EveryKind, name="every-kind")
+    try:
+        assert parse_schedule("half")(3, 0, 0, 1) == 0.5
+        assert registry("evaluators")["length"]().evaluate(["abc"]) == [3]
+        assert registry("modalities").owners["other-text"] == "every-kind"
+        group = click.Group()
+        add_plugin_commands(group)
+        assert CliRunner().invoke(group, ["hello-plugin"]).output == "hello from a plugin\n"
+    finally:
+        manager.pm.unregister(name="every-kind")
+    assert "half" not in registry("schedules")
+
+
+HOOKS = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_tested_and_documented(hook):
+    """Meta-test (as datasette does): each hookspec is implemented by a test plugin and documented."""
+    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    assert f"def {hook}(" in tests, f"no test plugin implements {hook}"
+    assert f"`{hook}" in (ROOT / "README.md").read_text(), f"{hook} is not documented in README.md"
