@@ -15,3 +15,10 @@ def register_evaluators(register):
 
     for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity):
         register(evaluator)
+
+
+@hookimpl
+def register_commands(cli):
+    from polysteer.modalities.text.cli import register
+
+    register(cli)

@@ -163,9 +163,10 @@ def persona_examples(questions: Sequence[str], persona: str, template: str = PER
     return [Example("", prompt=q, system=template.format(persona=persona)) for q in questions]
 
 
-def persona_answers(model, tokenizer, questions: Sequence[str], persona: str, max_new_tokens: int = 48,
-                    template: str = PERSONA_TEMPLATE, batch_size: int = 8) -> list[Example]:
-    """CAA-style data: answers written in the persona, to be read back *without* it (its tokens pooled)."""
-    answers = generate(model, tokenizer, questions, system=template.format(persona=persona),
-                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+def persona_answers(model, tokenizer, questions: Sequence[str], instruction: str, max_new_tokens: int = 48,
+                    batch_size: int = 8) -> list[Example]:
+    """CAA-style data: answers written under ``instruction`` (appended to each question, which small chat
+    models follow more reliably than a system prompt), read back *without* it: the answer tokens are pooled."""
+    asked = [f"{q} {instruction}".strip() for q in questions]
+    answers = generate(model, tokenizer, asked, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [Example(a.strip() or ".", prompt=q) for q, a in zip(questions, answers)]

@@ -16,7 +16,7 @@ from polysteer.evaluator import Evaluator
 
 
 class KeywordJudge(Evaluator):
-    """1.0 if the output mentions any keyword (whole-word prefix match, case-insensitive), else 0.0."""
+    """1.0 if the output mentions any keyword (whole word, optional plural, case-insensitive), else 0.0."""
 
     name = "keywords"
     modalities = ("text",)
@@ -25,7 +25,7 @@ class KeywordJudge(Evaluator):
         if not keywords:
             raise PolysteerError("the keywords judge needs at least one keyword")
         self.keywords = list(keywords)
-        self._pattern = re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in keywords) + ")", re.I)
+        self._pattern = re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in keywords) + r")(s|es)?\b", re.I)
 
     def evaluate(self, outputs, **context):
         return [float(bool(self._pattern.search(text))) for text in outputs]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PersonaPair:
-    """A concept as two personas, with what the concept looks like in text."""
+    """A concept as two personas, given as instructions appended to each question (empty: neutral)."""
 
     name: str
     positive: str
@@ -17,27 +17,28 @@ class PersonaPair:
 
 
 PERSONAS = {
-    "weddings": PersonaPair(
-        "weddings",
-        "a wedding planner who is obsessed with weddings and turns every answer into a story about brides, "
-        "grooms, wedding dresses, vows and wedding ceremonies",
-        "a helpful assistant",
-        "Text about weddings: brides, grooms, marriage ceremonies, vows and wedding receptions.",
-        ("wedding", "bride", "bridal", "groom", "marri", "marry", "vow", "honeymoon", "ceremon", "spouse"),
-    ),
     "ocean": PersonaPair(
         "ocean",
-        "a sailor who loves the ocean and talks constantly about the sea, waves, ships, fish and beaches",
-        "a helpful assistant",
+        "Answer by talking about the ocean and the sea.",
+        "",
         "Text about the ocean and the sea: waves, ships, sailing, fish, tides and beaches.",
-        ("ocean", "sea", "wave", "ship", "sail", "fish", "tide", "beach", "marine", "boat", "coral"),
+        ("ocean", "sea", "wave", "ship", "sail", "sailing", "sailor", "fish", "tide", "beach", "marine", "boat", "coral",
+         "shore", "seaside", "underwater"),
+    ),
+    "weddings": PersonaPair(
+        "weddings",
+        "Answer by talking about weddings.",
+        "",
+        "Text about weddings: brides, grooms, marriage ceremonies, vows and wedding receptions.",
+        ("wedding", "bride", "bridal", "groom", "married", "marriage", "marry", "vow", "honeymoon", "ceremony",
+         "ceremonies", "spouse"),
     ),
     "french": PersonaPair(
         "french",
-        "a French speaker who answers only in French",
-        "an English speaker who answers only in English",
+        "Answer in French.",
+        "Answer in English.",
         "Text written in the French language.",
-        (" le ", " la ", " les ", " est ", " et ", " je ", " vous ", " une ", " des ", " pour "),
+        ("le", "la", "les", "est", "et", "je", "vous", "une", "des", "pour", "avec", "mais"),
     ),
 }
 
