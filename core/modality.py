@@ -22,6 +22,25 @@ class Target:
     edit: str = "output"  # "output" (forward hook) or "input" (forward pre-hook)
 
 
+ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+def block_target(block: nn.Module, site: str) -> Target:
+    """Where a site lives in a transformer block: its output, its input, or its attention/MLP child's output."""
+    if site == "resid_post":
+        return Target(block, "output")
+    if site == "resid_pre":
+        return Target(block, "input")
+    names, what = (ATTN_NAMES, "attention") if site == "attn_out" else (MLP_NAMES, "MLP")
+    for name in names:
+        child = getattr(block, name, None)
+        if isinstance(child, nn.Module):
+            return Target(child, "output")
+    children = [n for n, _ in block.named_children()]
+    raise PolysteerError(f"cannot find the {what} of {type(block).__name__} for {site}; its children are {children}")
+
+
 @dataclass
 class StepState:
     """Where a generation is, shared by every hook during one forward pass."""

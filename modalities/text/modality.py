@@ -8,7 +8,7 @@ from torch import nn
 
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import SITES, HookPoint, guess_layer_prefix
-from polysteer.modality import Modality, Target
+from polysteer.modality import Modality, Target, block_target
 
 # Where the transformer blocks live, keyed by the HF config class.
 LAYER_PATHS = {
@@ -31,8 +31,6 @@ LAYER_PATHS = {
     "GPTNeoXConfig": "gpt_neox.layers",
     "OPTConfig": "model.decoder.layers",
 }
-ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-MLP_NAMES = ("mlp", "feed_forward", "ffn")
 # Configs that belong to other modalities (vision-language, audio): the text modality declines them.
 _FOREIGN_SUBCONFIGS = ("vision_config", "audio_encoder", "text_encoder", "decoder")
 
@@ -55,16 +53,6 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
         return model.get_submodule(path)
     except AttributeError:
         return None
-
-
-def child_named(block: nn.Module, candidates: tuple[str, ...], what: str) -> nn.Module:
-    """The first child of ``block`` named one of ``candidates``."""
-    for name in candidates:
-        child = getattr(block, name, None)
-        if isinstance(child, nn.Module):
-            return child
-    names = [n for n, _ in block.named_children()]
-    raise PolysteerError(f"cannot find the {what} of {type(block).__name__}; its children are {names}")
 
 
 class TextModality(Modality):
@@ -101,14 +89,7 @@ class TextModality(Modality):
                 f"layer {hp.layer} out of range for {type(model).__name__}: it has {len(blocks)} blocks "
                 f"(0-{len(blocks) - 1})"
             )
-        block = blocks[hp.layer]
-        if hp.site == "resid_post":
-            return Target(block, "output")
-        if hp.site == "resid_pre":
-            return Target(block, "input")
-        if hp.site == "attn_out":
-            return Target(child_named(block, ATTN_NAMES, "attention"), "output")
-        return Target(child_named(block, MLP_NAMES, "MLP"), "output")
+        return block_target(blocks[hp.layer], hp.site)
 
     def d_model(self, model: Any, hook_point: HookPoint) -> int:
         config = model.config

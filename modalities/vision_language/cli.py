@@ -1,0 +1,211 @@
+"""``polysteer vlm``: find VTI (or other) directions, describe images, evaluate CHAIR / POPE."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from polysteer.errors import PolysteerError
+
+model_option = click.option("--model", "model_name", required=True,
+                            help="HF model path or id, or 'tiny-llava' / 'tiny-idefics3' (random, offline).")
+demos_option = click.option("--demos", default="scenes:16", show_default=True,
+                            help="'scenes:N[:SEED]' (synthetic) or JSONL rows {image, caption, hallucinated_caption}.")
+prompt_option = click.option("--prompt", default=None,
+                             help="Prompt shown with each image for captions and demos (default: VTI's).")
+alpha_options = [
+    click.option("--alpha-vision", type=float, help="Visual-direction strength (default: the file's)."),
+    click.option("--alpha-text", type=float, help="Text-direction strength or coefficient (default: the file's)."),
+    click.option("--force", is_flag=True, help="Use a direction made for another model configuration."),
+]
+
+
+def _with(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def parse_layers(spec: str | None, n: int) -> list[int] | None:
+    """``None``/'all' (every layer), '3', '1,4' or '2-5'."""
+    if spec in (None, "all"):
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise PolysteerError(f"bad layer spec {spec!r}: use '3', '1,4', '2-5' or 'all'") from None
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise PolysteerError(f"layers {bad} out of range: the tower has {n} blocks (0-{n - 1})")
+    return layers
+
+
+@click.group()
+def vlm():
+    """Vision-language models: VTI hallucination steering, captions, CHAIR and POPE."""
+
+
+@vlm.command(name="find-vti")
+@model_option
+@demos_option
+@click.option("--trials", default=50, show_default=True, help="Masked copies per demo image.")
+@click.option("--mask-ratio", default=0.99, show_default=True, help="Fraction of patches masked per copy.")
+@click.option("--alpha-vision", default=0.9, show_default=True)
+@click.option("--alpha-text", default=0.9, show_default=True)
+@click.option("--vision-layers", help="Vision layers ('all', '0-22', ...).")
+@click.option("--text-layers", help="Text layers ('all', '0-31', ...).")
+@prompt_option
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
+def find_vti_command(model_name, demos, trials, mask_ratio, alpha_vision, alpha_text, vision_layers, text_layers,
+                     prompt, batch_size, seed, output):
+    """Find VTI's visual and textual directions from demo images with clean and hallucinated captions."""
+    from polysteer.modalities.vision_language.dataset import load_samples
+    from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
+    from polysteer.modalities.vision_language.modality import VisionLanguageModality
+    from polysteer.modalities.vision_language.workflow import find_vti, load_vlm
+
+    model, processor = load_vlm(model_name)
+    modality = VisionLanguageModality()
+    direction = find_vti(model, processor, load_samples(demos),
+                         parse_layers(vision_layers, modality.n_layers(model, "vision")),
+                         parse_layers(text_layers, modality.n_layers(model, "text")), trials, mask_ratio,
+                         alpha_vision, alpha_text, prompt or DESCRIBE_PROMPT, batch_size, seed)
+    direction.provenance["demos"] = demos
+    direction.save(output)
+    click.echo(f"wrote {output}: VTI over {len(direction.vectors)} text and {len(direction.extras)} vision layers")
+
+
+@vlm.command(name="find")
+@model_option
+@demos_option
+@click.option("--finder", default="diffmean", show_default=True, help="Registered direction-finder name.")
+@click.option("--layers", help="Text layers ('all', '12', '8-12').")
+@click.option("--site", default="resid_post", show_default=True)
+@click.option("--operator", default="add", show_default=True, help="Operator stored as the file's default.")
+@prompt_option
+@click.option("-o", "--output", required=True, type=click.Path())
+def find_command(model_name, demos, finder, layers, site, operator, prompt, output):
+    """Fit any finder (DiffMean, RFM, ...) on clean vs hallucinated captions of the demo images."""
+    from polysteer.modalities.vision_language.dataset import load_samples
+    from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
+    from polysteer.modalities.vision_language.modality import VisionLanguageModality
+    from polysteer.modalities.vision_language.workflow import caption_direction, load_vlm
+
+    model, processor = load_vlm(model_name)
+    chosen = parse_layers(layers, VisionLanguageModality().n_layers(model, "text"))
+    direction = caption_direction(model, processor, load_samples(demos), finder, chosen, site,
+                                  prompt=prompt or DESCRIBE_PROMPT)
+    direction.operator = operator
+    direction.provenance["demos"] = demos
+    direction.save(output)
+    click.echo(f"wrote {output}: {finder} at {len(direction.vectors)} text layers")
+
+
+@vlm.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@model_option
+@click.option("--direction", type=click.Path(), help="Direction file (VTI or another vision_language direction).")
+@_with(alpha_options)
+@prompt_option
+@click.option("--max-new-tokens", default=64, show_default=True)
+def describe(images, model_name, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens):
+    """Caption IMAGES, steered by --direction when given."""
+    from polysteer.modalities.vision_language.dataset import Sample
+    from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
+    from polysteer.modalities.vision_language.generation import describe as run_describe
+    from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
+
+    model, processor = load_vlm(model_name)
+    plan = direction_plan(model, direction, alpha_vision, alpha_text, force) if direction else None
+    pictures = [Sample(path).load_image() for path in images]
+    for path, caption in zip(images, run_describe(model, processor, pictures, prompt or DESCRIBE_PROMPT, plan=plan,
+                                                  max_new_tokens=max_new_tokens)):
+        click.echo(f"{path}: {caption}")
+
+
+@vlm.command(name="eval")
+@click.option("--metric", type=click.Choice(["chair", "pope"]), required=True)
+@model_option
+@click.option("--data", default="scenes:32:1", show_default=True,
+              help="'scenes:N[:SEED]' or JSONL rows {image, objects}.")
+@click.option("--coco-annotations", type=click.Path(), help="COCO instances JSON (instead of --data).")
+@click.option("--coco-images", type=click.Path(), help="Folder of the COCO images.")
+@click.option("--n", "n_images", type=int, help="Use this many images (COCO: sampled with --seed).")
+@click.option("--direction", type=click.Path(), help="Evaluate unsteered and steered with this direction file.")
+@_with(alpha_options)
+@click.option("--split", type=click.Choice(["random", "popular", "adversarial"]), default="adversarial",
+              show_default=True, help="POPE negative sampling.")
+@click.option("--vocabulary", type=click.Choice(["coco", "scenes"]), help="CHAIR objects (default: by data).")
+@prompt_option
+@click.option("--max-new-tokens", default=64, show_default=True, help="Caption length (POPE answers use 4).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--output", type=click.Path(), help="Write the results (and captions/answers) as JSON.")
+def eval_command(metric, model_name, data, coco_annotations, coco_images, n_images, direction, alpha_vision,
+                 alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
+    """CHAIR or POPE on a dataset, unsteered and (with --direction) steered."""
+    from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
+
+    samples, default_vocabulary = _eval_samples(data, coco_annotations, coco_images, n_images, seed)
+    model, processor = load_vlm(model_name)
+    plans = {"unsteered": None}
+    if direction:
+        plans["steered"] = direction_plan(model, direction, alpha_vision, alpha_text, force)
+    results = {}
+    for label, plan in plans.items():
+        results[label] = _evaluate(metric, model, processor, samples, plan, vocabulary or default_vocabulary, split,
+                                   prompt, max_new_tokens, seed)
+        summary = {k: v for k, v in results[label].items() if not isinstance(v, list)}
+        click.echo(f"{label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in summary.items()))
+    if output:
+        _write_json(Path(output), results)
+
+
+def _eval_samples(data, annotations, images, n, seed):
+    from polysteer.modalities.vision_language.coco import read_coco
+    from polysteer.modalities.vision_language.dataset import Sample, load_samples
+
+    if annotations:
+        if not images:
+            raise PolysteerError("--coco-annotations needs --coco-images (the folder of the images)")
+        return [Sample(r["image"], r["objects"]) for r in read_coco(annotations, images, n, seed)], "coco"
+    samples = load_samples(data)
+    return samples[:n] if n else samples, "scenes" if data.startswith("scenes:") else "coco"
+
+
+def _evaluate(metric, model, processor, samples, plan, vocabulary, split, prompt, max_new_tokens, seed) -> dict:
+    from polysteer.modalities.vision_language.evaluation import run_chair, run_pope
+    from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
+
+    if metric == "chair":
+        result = run_chair(model, processor, samples, plan, vocabulary, prompt or DESCRIBE_PROMPT, max_new_tokens)
+        return asdict(result)
+    run = run_pope(model, processor, samples, split, plan, seed=seed)
+    return {**asdict(run.result), "split": split, "answers": [
+        {"image": q.image, "object": q.object, "present": q.present, "answer": a}
+        for q, a in zip(run.questions, run.answers)]}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,85 @@
+"""Image datasets for VTI demos and hallucination evaluation: synthetic scenes, JSONL files, COCO."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from polysteer.errors import PolysteerError
+
+
+@dataclass
+class Sample:
+    """An image with its ground-truth objects and, for VTI demos, a clean and a hallucinated caption."""
+
+    image: Image.Image | str
+    objects: list[str] = field(default_factory=list)
+    caption: str | None = None
+    hallucinated_caption: str | None = None
+
+    def load_image(self) -> Image.Image:
+        """The image as RGB (opened from disk when given as a path)."""
+        if isinstance(self.image, Image.Image):
+            return self.image.convert("RGB")
+        path = Path(self.image)
+        if not path.is_file():
+            raise PolysteerError(f"image {path} does not exist")
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+
+def scene_samples(n: int, seed: int = 0) -> list[Sample]:
+    """``n`` synthetic scenes as samples (see :mod:`scenes`)."""
+    from polysteer.modalities.vision_language.scenes import make_scenes
+
+    return [Sample(s.image, s.objects, s.caption, s.hallucinated_caption) for s in make_scenes(n, seed)]
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    """JSONL rows ``{"image": path, "objects": [...], "caption"?: .., "hallucinated_caption"?: ..}``.
+
+    Relative image paths are resolved against the file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolysteerError(f"data file {path} does not exist")
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PolysteerError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if "image" not in row:
+            raise PolysteerError(f"{path}:{number}: every row needs an 'image' path")
+        image = Path(row["image"])
+        samples.append(Sample(str(image if image.is_absolute() else path.parent / image), list(row.get("objects", [])),
+                              row.get("caption"), row.get("hallucinated_caption")))
+    if not samples:
+        raise PolysteerError(f"{path} holds no samples")
+    return samples
+
+
+def load_samples(spec: str) -> list[Sample]:
+    """``scenes:N`` or ``scenes:N:SEED`` (synthetic) or a JSONL file path."""
+    if spec.startswith("scenes:"):
+        parts = spec.split(":")[1:]
+        try:
+            return scene_samples(int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+        except (ValueError, IndexError):
+            raise PolysteerError(f"bad data spec {spec!r}: use 'scenes:N' or 'scenes:N:SEED'") from None
+    return read_samples(spec)
+
+
+def demo_pairs(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples usable as VTI demos (both captions given), with a clear error when there are none."""
+    demos = [s for s in samples if s.caption and s.hallucinated_caption]
+    if not demos:
+        raise PolysteerError("VTI demos need 'caption' and 'hallucinated_caption' for each image "
+                             "(the synthetic scenes have both: use 'scenes:N')")
+    return demos

@@ -1,0 +1,130 @@
+"""open_clip models as steering targets, and the CLIP-score evaluator.
+
+An open_clip CLIP's image encoder blocks (``visual.transformer.resblocks``) are ``vision.blocks.{i}``
+and its text encoder blocks (``transformer.resblocks``) are ``text.blocks.{i}``, so a plan can steer
+the tower that a CLIP score (or a VLM built on it) reads. Weights load from local ``.safetensors``
+files only: open_clip's other checkpoint formats are pickles.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from polysteer.engine import steer
+from polysteer.errors import PolysteerError
+from polysteer.evaluator import Evaluator
+from polysteer.hookpoints import SITES, HookPoint
+from polysteer.modality import Modality, Target
+
+from polysteer.modality import block_target
+
+_TOWER_PATHS = {"vision": "visual.transformer", "text": "transformer"}
+
+
+class OpenCLIPModality(Modality):
+    """open_clip ``CLIP`` models (ViT image tower; text tower where it uses open_clip's resblocks)."""
+
+    name = "open_clip"
+    priority = 10
+
+    def accepts(self, model: Any) -> bool:
+        return isinstance(model, nn.Module) and hasattr(model, "encode_image") and self._transformer(
+            model, "vision", strict=False) is not None
+
+    def _transformer(self, model: nn.Module, tower: str, strict: bool = True) -> nn.Module | None:
+        path = _TOWER_PATHS.get(tower)
+        try:
+            module = model.get_submodule(path) if path else None
+        except AttributeError:
+            module = None
+        if module is None or not isinstance(getattr(module, "resblocks", None), nn.ModuleList):
+            if strict:
+                found = [t for t in _TOWER_PATHS if self._transformer(model, t, strict=False) is not None]
+                raise PolysteerError(f"this open_clip model has no {tower} tower with resblocks; steerable: {found}")
+            return None
+        return module
+
+    def hook_points(self, model: Any) -> list[str]:
+        points = []
+        for tower in _TOWER_PATHS:
+            transformer = self._transformer(model, tower, strict=False)
+            if transformer is not None:
+                points += [str(HookPoint(tower, i, s)) for i in range(len(transformer.resblocks)) for s in SITES]
+        return points
+
+    def resolve(self, model: Any, hook_point: HookPoint) -> Target:
+        hp = HookPoint.parse(hook_point)
+        blocks = self._transformer(model, hp.tower).resblocks
+        if not 0 <= hp.layer < len(blocks):
+            raise PolysteerError(f"layer {hp.layer} out of range for the {hp.tower} tower: it has {len(blocks)} "
+                                 f"resblocks (0-{len(blocks) - 1})")
+        return block_target(blocks[hp.layer], hp.site)
+
+    def d_model(self, model: Any, hook_point: HookPoint) -> int:
+        return int(self._transformer(model, HookPoint.parse(hook_point).tower).width)
+
+
+def load_openclip(name: str, weights: str | Path | None = None, device: str = "cpu"):
+    """``(model, preprocess, tokenizer)`` for an open_clip architecture, with weights from a local file.
+
+    Args:
+        name: open_clip model name, e.g. ``ViT-B-32`` (see ``open_clip.list_models()``).
+        weights: a ``.safetensors`` state dict; None keeps the random initialisation.
+        device: where to put the model.
+    """
+    import open_clip
+
+    if weights is not None and Path(weights).suffix != ".safetensors":
+        raise PolysteerError(f"{weights} is not a .safetensors file; polysteer never unpickles checkpoints. "
+                             "Convert it once with safetensors.torch.save_file(state_dict, 'clip.safetensors')")
+    if weights is not None and not Path(weights).is_file():
+        raise PolysteerError(f"open_clip weights {weights} do not exist")
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    if weights is not None:
+        open_clip.factory.load_checkpoint(model, str(weights), device=device)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def tiny_openclip(seed: int = 0):
+    """A random 2-layer open_clip CLIP on 32-pixel images (``(model, preprocess, tokenizer)``) for tests."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=2))
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    return model.eval(), open_clip.image_transform(32, is_train=False), tokenizer
+
+
+class CLIPScore(Evaluator):
+    """``weight * max(cos(image, text), 0)`` per (image, caption) with an open_clip model.
+
+    ``weight`` 100 follows torchmetrics; Hessel et al.'s CLIPScore uses 2.5. A ``plan`` passed to
+    :meth:`evaluate` steers the CLIP model's own towers while it scores.
+    """
+
+    name = "clip-score"
+    modalities = ("vision_language", "open_clip")
+
+    def __init__(self, model=None, preprocess=None, tokenizer=None, weight: float = 100.0):
+        self.model, self.preprocess, self.tokenizer, self.weight = model, preprocess, tokenizer, weight
+
+    @torch.no_grad()
+    def evaluate(self, outputs: Sequence[str], images: Sequence[Any] = (), plan=None, **context) -> list[float]:
+        if self.model is None:
+            raise PolysteerError("clip-score needs an open_clip model: CLIPScore(*load_openclip(name, weights))")
+        if len(images) != len(outputs):
+            raise PolysteerError(f"clip-score needs one image per caption, got {len(images)} for {len(outputs)}")
+        device = next(self.model.parameters()).device
+        pixels = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(device)
+        tokens = self.tokenizer(list(outputs)).to(device)
+        with steer(self.model, plan, modality=OpenCLIPModality()) if plan is not None else nullcontext():
+            image = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
+            text = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return (self.weight * (image * text).sum(-1).clamp_min(0)).tolist()

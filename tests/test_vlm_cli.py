@@ -1,0 +1,79 @@
+"""``polysteer vlm`` end to end on a tiny random LLaVA, and the VTI CHAIR benchmark on synthetic scenes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from polysteer import Direction
+from polysteer.cli import get_cli
+from polysteer.modalities.vision_language.dataset import scene_samples
+
+BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "vti_chair.py"
+
+
+def run(*args):
+    result = CliRunner().invoke(get_cli(), ["vlm", *args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def vti_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vlm") / "vti.safetensors"
+    result = run("find-vti", "--model", "tiny-llava", "--demos", "scenes:3", "--trials", "4", "-o", str(path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_find_vti_writes_a_direction_file(vti_file):
+    direction = Direction.load(vti_file)
+    assert direction.modality == "vision_language" and direction.provenance["demos"] == "scenes:3"
+    assert len(direction.vectors) == 3 and len(direction.extras) == 3
+
+
+def test_describe_and_refuse_a_foreign_direction(vti_file, tmp_path):
+    image = tmp_path / "scene.png"
+    scene_samples(1)[0].image.save(image)
+    result = run("describe", str(image), "--model", "tiny-llava", "--direction", str(vti_file),
+                 "--max-new-tokens", "4")
+    assert result.exit_code == 0 and result.stdout.startswith(f"{image}: ")
+    from polysteer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["vlm", "describe", str(image), "--model", "tiny-idefics3", "--direction", str(vti_file)])
+    assert exit_info.value.code == 1
+
+
+@pytest.mark.parametrize("metric", ["chair", "pope"])
+def test_eval_reports_unsteered_and_steered(vti_file, tmp_path, metric):
+    out = tmp_path / "eval.json"
+    result = run("eval", "--metric", metric, "--model", "tiny-llava", "--data", "scenes:3:9", "--direction",
+                 str(vti_file), "--max-new-tokens", "8", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()  # progress bars go to stderr
+    assert [line.split(":")[0] for line in lines] == ["unsteered", "steered"]
+    data = json.loads(out.read_text())
+    key = "chair_s" if metric == "chair" else "accuracy"
+    assert set(data) == {"unsteered", "steered"} and 0.0 <= data["steered"][key] <= 1.0
+
+
+def test_find_with_diffmean(tmp_path):
+    out = tmp_path / "diffmean.safetensors"
+    result = run("find", "--model", "tiny-llava", "--demos", "scenes:3", "--layers", "1", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert Direction.load(out).hook_points == ["text.blocks.1.resid_post"]
+
+
+def test_vti_chair_benchmark_runs_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location("vti_chair", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--n-images", "3", "--n-demos", "2", "--trials", "3", "--max-new-tokens", "6",
+                           "--train-steps", "2", "--no-ablation", "--out", str(tmp_path)])
+    assert set(results) == {"unsteered", "VTI"}
+    table = (tmp_path / "README.md").read_text()
+    assert "| unsteered |" in table and "| VTI |" in table and "What it cannot show" in table
+    assert (tmp_path / "chair.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["VTI"]["chair_s"] == results["VTI"]["chair_s"]
