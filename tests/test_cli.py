@@ -1,8 +1,8 @@
 """The text commands on a tiny model saved to disk: find, generate, inspect, sweep, and one-line errors."""
 
 import json
-import subprocess
-import sys
+
+import torch
 
 import pytest
 from click.testing import CliRunner
@@ -74,16 +74,17 @@ def test_sweep_writes_table_and_plot(model_dir, data_file, tmp_path):
     (["find", "-o", "{tmp}/x.safetensors"], "exactly one of --data"),
     (["inspect", "{data}"], "truncated or not a safetensors"),
 ])
-def test_errors_are_one_line(args, message, model_dir, data_file, tmp_path):
+def test_errors_are_one_line(args, message, model_dir, data_file, tmp_path, capsys):
     args = [a.format(data=data_file, tmp=tmp_path) for a in args]
     if args[0] in ("find", "generate"):
         args[1:1] = ["--model", str(model_dir)]
-    proc = subprocess.run([sys.executable, "-c", f"from polysteer.cli import main; main({args!r})"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "Error" in line]
     assert len(errors) == 1 and errors[0].startswith("Error: ") and message in errors[0]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
 
 
 def test_main_is_the_console_entry_point():
@@ -92,3 +93,14 @@ def test_main_is_the_console_entry_point():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts["polysteer"] == "polysteer.cli:main"
     assert main.__module__ == "polysteer.cli"
+
+
+def test_convert_to_gguf_and_back(model_dir, data_file, tmp_path):
+    out = tmp_path / "d.safetensors"
+    invoke("find", "--model", model_dir, "--data", data_file, "--layers", "2", "-o", out)
+    assert invoke("convert", out, "-o", tmp_path / "d.gguf", "--coef", 3).exit_code == 0
+    assert invoke("convert", tmp_path / "d.gguf", "-o", tmp_path / "back.safetensors", "--model", model_dir).exit_code == 0
+    original, back = Direction.load(out), Direction.load(tmp_path / "back.safetensors")
+    hp = "text.blocks.2.resid_post"
+    assert torch.allclose(back.vectors[hp] * back.scales[hp], original.vectors[hp] * original.scales[hp] * 3, atol=1e-5)
+    assert back.model["config_hash"] == original.model["config_hash"]

@@ -103,3 +103,17 @@ def test_failed_save_leaves_no_partial_file(tmp_path, llama, monkeypatch):
     with pytest.raises(OSError):
         make(llama).save(tmp_path / "d.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gguf_control_vector_round_trip(tmp_path, llama):
+    from polysteer.modalities.text.gguf_control import export_gguf, import_gguf
+
+    direction = make(llama)
+    export_gguf(direction, tmp_path / "cv.gguf", coefficient=2.0)
+    back = import_gguf(tmp_path / "cv.gguf", TextModality().identity(llama))
+    for plan_iv, back_iv in zip(direction.to_plan(2.0), back.to_plan(1.0)):
+        assert plan_iv.hook_point == back_iv.hook_point
+        assert torch.allclose(back_iv.direction * back_iv.coefficient, plan_iv.direction * plan_iv.coefficient,
+                              atol=1e-5)
+    with pytest.raises(PolysteerError, match="not a control-vector GGUF|cannot read"):
+        import_gguf(tmp_path / "cv.gguf.missing")

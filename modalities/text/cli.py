@@ -111,9 +111,29 @@ def generate_cmd(model_name, prompts, prompts_file, directions, coef, schedule, 
             click.echo(steered[i].strip() + "\n")
 
 
+@click.command()
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="A .gguf or a .safetensors file.")
+@click.option("--coef", type=float, default=None, help="Exporting: bake this coefficient in (default: the file's).")
+@click.option("--model", "model_name", default=None, help="Importing: record this model's identity (e.g. smollm2).")
+def convert(source, output, coef, model_name):
+    """Convert between direction files and llama.cpp/repeng GGUF control vectors."""
+    from polysteer.modalities.text.gguf_control import export_gguf, import_gguf
+
+    if output.endswith(".gguf"):
+        export_gguf(Direction.load(source), output, coef)
+    else:
+        identity = None
+        if model_name:
+            model, _ = load_text_model(model_name)
+            identity = TextModality().identity(model)
+        import_gguf(source, identity).save(output)
+    click.echo(f"wrote {output}")
+
+
 def register(cli: click.Group) -> None:
     from polysteer.modalities.text.sweep import sweep
     from polysteer.modalities.text.demo import demo
 
-    for command in (find, generate_cmd, sweep, demo):
+    for command in (find, generate_cmd, sweep, demo, convert):
         cli.add_command(command)
