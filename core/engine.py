@@ -192,13 +192,13 @@ def steer(model: Any, plan: "Plan | Intervention | Sequence[Intervention]", moda
 
 
 def _compile(model, plan: Plan, modality: Modality) -> dict[tuple, list[_Compiled]]:
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else "cpu"
     grouped: dict[tuple, list[_Compiled]] = defaultdict(list)
     for iv in plan:
         hp = HookPoint.parse(iv.hook_point)
         target = modality.resolve(model, hp)
-        dtype = next(iter(target.module.parameters()), param).dtype if param is not None else torch.float32
+        # the steered module's own parameters fix device and dtype (the model may not be an nn.Module)
+        param = next(iter(target.module.parameters()), None)
+        device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
         compiled = _Compiled(iv, modality, modality.d_model(model, hp), device, dtype)
         if not compiled.is_zero():
             grouped[(target.module, target.edit)].append(compiled)

@@ -124,14 +124,17 @@ def rank_layers(fitted: Mapping[str, DirectionFinder]) -> dict[str, float]:
     return dict(sorted(aucs.items(), key=lambda item: -item[1]))
 
 
-def layer_weights(aucs: Mapping[str, float], power: float = MUSICRFM_POWER) -> dict[str, float]:
+def layer_weights(aucs: Mapping[str, float], power: float = MUSICRFM_POWER, top_k: int | None = None) -> dict[str, float]:
     """MusicRFM layer weights ``w_l = ((auc_l - min) / (max - min)) ** power``, with power 1/0.95.
 
-    The best layer gets 1 and the worst 0; when every AUC is equal, every layer gets 1.
+    The best layer gets 1 and the worst 0; when every AUC is equal, every layer gets 1. With ``top_k``
+    only the k best layers keep their weight (MusicRFM's top-k).
     """
     if not aucs:
         raise PolysteerError("layer_weights needs at least one layer's AUC")
     low, high = min(aucs.values()), max(aucs.values())
-    if high == low:
-        return {hp: 1.0 for hp in aucs}
-    return {hp: ((auc - low) / (high - low)) ** power for hp, auc in aucs.items()}
+    weights = {hp: 1.0 if high == low else ((auc - low) / (high - low)) ** power for hp, auc in aucs.items()}
+    if top_k is not None:
+        keep = set(sorted(aucs, key=lambda hp: -aucs[hp])[:top_k])
+        weights = {hp: w if hp in keep else 0.0 for hp, w in weights.items()}
+    return weights

