@@ -1,12 +1,9 @@
-"""Helpers shared by the benchmark scripts: timing, markdown tables, atomic result files."""
+"""Helpers shared by the benchmark scripts: interleaved timing and markdown tables."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).parent / "results"
@@ -25,15 +22,6 @@ def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int)
         for name, fn in variants.items():
             times[name].append(timed(fn))
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically so an interrupted benchmark never leaves half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:

@@ -40,7 +40,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from polysteer.modalities.music.audio import write_text_atomic  # noqa: E402
+from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
 from polysteer.modalities.music.evaluators import FrechetAudioDistance, NoteAccuracy  # noqa: E402
 from polysteer.modalities.music.generation import build_plan, generate_audio  # noqa: E402
 from polysteer.modalities.music.models import load_music_model  # noqa: E402
@@ -155,7 +155,7 @@ def plot(results: dict, path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 

@@ -13,8 +13,9 @@ import platform
 
 import torch
 
-from common import RESULTS, interleaved_medians, markdown, write_text
+from common import RESULTS, interleaved_medians, markdown
 from polysteer import Intervention, Plan, steer
+from polysteer.io import atomic_write, write_text_atomic
 from polysteer.modalities.text.generation import format_prompt
 from polysteer.modalities.text.models import load_text_model
 
@@ -67,7 +68,7 @@ def main() -> None:
     header = (f"# Steering overhead on SmolLM2-135M-Instruct\n\n{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, {args.tokens} new tokens, median of {args.repeats} interleaved "
               f"rounds.\n\nCommand: `python benchmarks/overhead.py --repeats {args.repeats} --tokens {args.tokens}`\n\n")
-    write_text(RESULTS / "overhead" / "README.md", header + table)
+    write_text_atomic(RESULTS / "overhead" / "README.md", header + table)
     plot(rows, RESULTS / "overhead" / "overhead.png")
     print(header + table)
 
@@ -88,7 +89,7 @@ def plot(rows: list[dict], path) -> None:
         ax.tick_params(axis="x", rotation=20, labelsize=8)
     fig.suptitle("SmolLM2-135M generation throughput while steering")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

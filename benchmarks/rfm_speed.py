@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from polysteer import make_finder  # noqa: E402
+from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
 
 D, RANK, NOISE, N_TEST = 576, 32, 0.1, 2000
 
@@ -141,16 +142,6 @@ def _has_xrfm() -> bool:
     return importlib.util.find_spec("xrfm") is not None
 
 
-def atomic_write(path: Path, write) -> None:
-    """Let ``write`` fill a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot(speed: list[dict], recovery: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{r['method']}\nn={r['n']}" for r in speed]
@@ -167,7 +158,7 @@ def plot(speed: list[dict], recovery: list[dict], path: Path) -> None:
     right.set_title("y = 1[(x.v)^2 > 1]")
     right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
 
 
 def markdown(results: dict) -> str:
@@ -222,9 +213,9 @@ def main(argv=None) -> None:
                         *(sys.argv[1:] if argv is None else argv)])
     run = {"command": command, "threads": args.threads, "load": [start, os.getloadavg()[0]]}
     results["runs"] = merge(results["runs"], [run], ("command",))
-    atomic_write(store, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
+    write_text_atomic(store, json.dumps(results, indent=1))
     atomic_write(out / "rfm_speed.png", lambda tmp: plot(results["speed"], results["recovery"], tmp))
-    atomic_write(out / "README.md", lambda tmp: tmp.write_text(markdown(results)))
+    write_text_atomic(out / "README.md", markdown(results))
     print(f"wrote {out}/README.md, rfm_speed.png and results.json")
 
 

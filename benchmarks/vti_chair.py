@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
 from polysteer.modalities.vision_language.coco import read_coco  # noqa: E402
 from polysteer.modalities.vision_language.dataset import Sample, read_samples, scene_samples  # noqa: E402
 from polysteer.modalities.vision_language.evaluation import run_chair, run_pope  # noqa: E402
@@ -136,7 +136,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylim(0, 115)
     ax.legend(loc="upper center", ncols=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -177,12 +177,6 @@ def report(args, results: dict, extra: dict, command: str) -> str:
     return "\n".join(lines + ["", "## Note", "", *note(args, extra)]) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -205,8 +199,8 @@ def main(argv=None) -> dict:
     results = {label: evaluate(model, processor, samples, plan, vocabulary, args.max_new_tokens)
                for label, plan in plans.items()}
     command = "python benchmarks/vti_chair.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_atomic(out / "results.json", json.dumps({"args": vars(args), **extra, "results": results}, indent=2))
-    write_atomic(out / "README.md", report(args, results, extra, command.strip()))
+    write_text_atomic(out / "results.json", json.dumps({"args": vars(args), **extra, "results": results}, indent=2))
+    write_text_atomic(out / "README.md", report(args, results, extra, command.strip()))
     plot(results, out / "chair.png")
     return results
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.io import atomic_write
 from polysteer.modality import Modality
 
 POOLINGS = ("mean", "last", "tokens")
@@ -120,14 +120,5 @@ def cached_capture(path: str | os.PathLike | None, key: str, compute: Callable[[
 
 
 def write_safetensors_atomic(file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save tensors with their metadata atomically."""
+    atomic_write(file, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -61,3 +61,20 @@ def guess_layer_prefix(module_names: Iterable[str]) -> str | None:
     if not counts:
         return None
     return max(counts, key=lambda p: (counts[p], len(p)))
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """Block indices from ``'12'``, ``'8,12,16'``, ``'8-12'`` or ``'all'``, checked against ``n_layers``."""
+    if spec == "all":
+        return list(range(n_layers))
+    layers: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise PolysteerError(f"bad layer spec {spec!r}: use '12', '8,12,16', '8-12' or 'all'") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise PolysteerError(f"layers {bad} out of range: there are {n_layers} blocks (0-{n_layers - 1})")
+    return layers

@@ -88,3 +88,16 @@ def test_out_of_range_layer_and_wrong_tower(llama):
 def test_no_modality_for_unknown_model():
     with pytest.raises(PolysteerError, match="no installed modality accepts a Linear"):
         modality_for(nn.Linear(2, 2))
+
+
+def test_parse_layers():
+    from polysteer.hookpoints import parse_layers
+
+    assert parse_layers("12", 30) == [12]
+    assert parse_layers("8,12,16", 30) == [8, 12, 16]
+    assert parse_layers("8-10", 30) == [8, 9, 10]
+    assert parse_layers("all", 3) == [0, 1, 2]
+    with pytest.raises(PolysteerError, match=r"layers \[30\] out of range: there are 30 blocks"):
+        parse_layers("29-30", 30)
+    with pytest.raises(PolysteerError, match="bad layer spec"):
+        parse_layers("twelve", 30)

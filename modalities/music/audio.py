@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from polysteer.errors import PolysteerError
-
-
-def _atomic(path: Path, write) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from polysteer.io import atomic_write
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
@@ -33,12 +19,8 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> P
     data = np.asarray(audio, dtype=np.float32)
     if data.ndim not in (1, 2):
         raise PolysteerError(f"audio must be [samples] or [channels, samples], got shape {data.shape}")
-    return _atomic(Path(path), lambda tmp: sf.write(tmp, data.T if data.ndim == 2 else data, sample_rate,
+    return atomic_write(path, lambda tmp: sf.write(tmp, data.T if data.ndim == 2 else data, sample_rate,
                                                      format="WAV", subtype="FLOAT"))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

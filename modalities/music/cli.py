@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from polysteer import hookpoints
 from polysteer.errors import PolysteerError
 
 backend_option = click.option("--backend", default="auto", show_default=True,
@@ -21,20 +22,8 @@ def music():
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
-    """``None``/``'all'`` (every block), ``'12'``, ``'8,12'`` or ``'8-12'``."""
-    if spec in (None, "all"):
-        return None
-    layers: list[int] = []
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise PolysteerError(f"bad layer spec {spec!r}: use 'all', '12', '8,12' or '8-12'") from None
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise PolysteerError(f"layers {bad} out of range: the model has {n_layers} decoder blocks (0-{n_layers - 1})")
-    return layers
+    """None (every decoder block) or the blocks of a spec such as '12', '8,12', '8-12' or 'all'."""
+    return None if spec is None else hookpoints.parse_layers(spec, n_layers)
 
 
 def _integers(spec: str, option: str) -> list[int]:

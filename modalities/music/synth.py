@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from polysteer.errors import PolysteerError
-from polysteer.modalities.music.audio import write_text_atomic, write_wav
+from polysteer.io import write_text_atomic
+from polysteer.modalities.music.audio import write_wav
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _FLATS = {"DB": "C#", "EB": "D#", "GB": "F#", "AB": "G#", "BB": "A#"}

@@ -32,7 +32,7 @@ model_option = click.option("--model", "model_name", default="smollm2", show_def
 @click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
 def find(model_name, finder, data, persona, questions, layers, site, pooling, cache_dir, output):
     """Find a steering direction from contrastive data or a persona pair."""
-    from polysteer.modalities.text.workflow import find_direction, parse_layers, persona_data
+    from polysteer.modalities.text.workflow import choose_layers, find_direction, persona_data
     from polysteer.modalities.text.presets import TRAIN_QUESTIONS, PersonaPair
 
     if bool(data) == bool(persona):
@@ -48,7 +48,7 @@ def find(model_name, finder, data, persona, questions, layers, site, pooling, ca
         qs = read_lines(questions) if questions else TRAIN_QUESTIONS
         positives, negatives = persona_data(model, tokenizer, pair, qs)
         source = {"persona_positive": pair.positive, "persona_negative": pair.negative, "n_questions": len(qs)}
-    layer_list = parse_layers(layers, TextModality().n_layers(model))
+    layer_list = choose_layers(layers, TextModality().n_layers(model))
     direction = find_direction(model, tokenizer, positives, negatives, layer_list, finder, site, pooling,
                                cache_dir, provenance=source)
     direction.save(output)

@@ -6,8 +6,6 @@ format. Block 0 cannot be addressed there (llama.cpp rejects ``direction.0``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.io import atomic_write
 
 ARCH = "controlvector"
 
@@ -32,9 +31,7 @@ def export_gguf(direction: Direction, path: str | Path, coefficient: float | Non
         tensors[f"direction.{hp.layer}"] = (iv.direction.float() * float(iv.coefficient)).numpy()
     import gguf
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, ARCH)
         writer.add_string(f"{ARCH}.model_hint", direction.model.get("name", ""))
         writer.add_uint32(f"{ARCH}.layer_count", len(tensors))
@@ -44,10 +41,8 @@ def export_gguf(direction: Direction, path: str | Path, coefficient: float | Non
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

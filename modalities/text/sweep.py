@@ -6,8 +6,6 @@ Every coefficient of one prompt chunk runs as a single batched generate (one row
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -17,6 +15,7 @@ from tqdm.auto import tqdm
 from polysteer.data import read_lines
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
+from polysteer.io import atomic_write, write_text_atomic
 from polysteer.modalities.text.generation import generate
 from polysteer.modalities.text.judges import ConceptSimilarity, KeywordJudge, Perplexity, distinct_ratio
 from polysteer.modalities.text.modality import TextModality
@@ -99,19 +98,8 @@ def plot(table: list[dict], path: Path, score_key: str) -> None:
     ax.set_title("steering sweep: concept vs fluency")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-
-
-def _save_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @click.command()
@@ -143,8 +131,8 @@ def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keyw
     table = summarize(score_rows(rows, model, tokenizer, concept, keywords.split(",") if keywords else None))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    _save_atomic(out / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
-    _save_atomic(out / "sweep.md", lambda tmp: Path(tmp).write_text(markdown_table(table)))
+    write_text_atomic(out / "sweep.json", json.dumps(rows, indent=1))
+    write_text_atomic(out / "sweep.md", markdown_table(table))
     plot(table, out / "sweep.png", "concept" if concept else "keyword")
     click.echo(markdown_table(table))
     click.echo(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

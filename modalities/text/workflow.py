@@ -7,7 +7,7 @@ from typing import Sequence
 
 from polysteer.direction import Direction
 from polysteer.finder import fit_layers, make_finder
-from polysteer.hookpoints import hook_point
+from polysteer.hookpoints import hook_point, parse_layers
 from polysteer.modalities.text.generation import Example, collect, generate, persona_answers
 from polysteer.modalities.text.judges import KeywordJudge
 from polysteer.modalities.text.modality import TextModality
@@ -19,25 +19,9 @@ def default_layer(n_layers: int) -> int:
     return round(0.4 * n_layers)
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """``'12'``, ``'8,12,16'``, ``'8-12'`` or ``'all'``; None gives :func:`default_layer`."""
-    from polysteer.errors import PolysteerError
-
-    if not spec:
-        return [default_layer(n_layers)]
-    if spec == "all":
-        return list(range(n_layers))
-    layers: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        try:
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        except ValueError:
-            raise PolysteerError(f"bad layer spec {spec!r}: use '12', '8,12,16', '8-12' or 'all'") from None
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise PolysteerError(f"layers {bad} out of range: the model has {n_layers} blocks (0-{n_layers - 1})")
-    return layers
+def choose_layers(spec: str | None, n_layers: int) -> list[int]:
+    """Layers from a spec (see :func:`polysteer.hookpoints.parse_layers`); None gives :func:`default_layer`."""
+    return parse_layers(spec, n_layers) if spec else [default_layer(n_layers)]
 
 
 def find_direction(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+
+from polysteer import hookpoints
+from polysteer.io import write_text_atomic
 
 from polysteer.errors import PolysteerError
 
@@ -35,20 +36,8 @@ def _with(options):
 
 
 def parse_layers(spec: str | None, n: int) -> list[int] | None:
-    """``None``/'all' (every layer), '3', '1,4' or '2-5'."""
-    if spec in (None, "all"):
-        return None
-    layers: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        try:
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        except ValueError:
-            raise PolysteerError(f"bad layer spec {spec!r}: use '3', '1,4', '2-5' or 'all'") from None
-    bad = [i for i in layers if not 0 <= i < n]
-    if bad:
-        raise PolysteerError(f"layers {bad} out of range: the tower has {n} blocks (0-{n - 1})")
-    return layers
+    """None (every layer) or the layers of a spec such as '3', '1,4', '2-5' or 'all'."""
+    return None if spec is None else hookpoints.parse_layers(spec, n)
 
 
 @click.group()
@@ -200,12 +189,4 @@ def _evaluate(metric, model, processor, samples, plan, vocabulary, split, prompt
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2))
