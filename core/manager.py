@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "polysteer.plugins.rfm",
     "polysteer.plugins.sae",
     "polysteer.modalities.text",
+    "polysteer.modalities.text.sae_cli",
     "polysteer.modalities.music",
     "polysteer.modalities.vision_language",
 )

@@ -11,10 +11,14 @@ D = 48
 
 
 def planted(n=200, seed=0, shift=3.0):
-    """Two classes that differ along one random unit direction, with isotropic noise."""
+    """Two classes that differ along one coordinate axis, with isotropic noise.
+
+    Isotropic noise makes every direction equally hard for rotation-equivariant finders; an axis lets
+    dictionary finders (SAE features) hold the planted direction in their dictionary.
+    """
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(D, generator=g)
-    v /= v.norm()
+    v = torch.zeros(D)
+    v[(7 * seed + 3) % D] = 1.0
     X_pos = torch.randn(n, D, generator=g) + shift * v
     X_neg = torch.randn(n, D, generator=g) - shift * v
     return X_pos, X_neg, v
