@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 from polysteer.errors import PolysteerError
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` for each non-empty line of a JSONL file, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolysteerError(f"data file {path} does not exist")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PolysteerError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
 
 
 def read_contrastive(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -14,17 +29,8 @@ def read_contrastive(path: str | Path) -> tuple[list[dict], list[dict]]:
     Accepted lines: ``{"positive": .., "negative": .., "prompt"?: ..}`` (a pair sharing the prompt) or
     ``{"text": .., "label": 1|0|"positive"|"negative", "prompt"?: ..}``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PolysteerError(f"data file {path} does not exist")
     positives, negatives = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PolysteerError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, row in read_jsonl(path):
         prompt = row.get("prompt")
         if "positive" in row and "negative" in row:
             positives.append({"text": row["positive"], "prompt": prompt})

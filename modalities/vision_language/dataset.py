@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
+from polysteer.data import read_jsonl
 from polysteer.errors import PolysteerError
 
 
@@ -45,16 +45,8 @@ def read_samples(path: str | Path) -> list[Sample]:
     Relative image paths are resolved against the file's folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PolysteerError(f"data file {path} does not exist")
     samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PolysteerError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, row in read_jsonl(path):
         if "image" not in row:
             raise PolysteerError(f"{path}:{number}: every row needs an 'image' path")
         image = Path(row["image"])
