@@ -72,6 +72,30 @@ def as_plan(plan: "Plan | Intervention | Sequence[Intervention]") -> Plan:
     return Plan(list(plan))
 
 
+def stack_plans(row_plans: Sequence["Plan | Intervention | Sequence[Intervention] | None"]) -> Plan:
+    """One plan for a batch whose row ``i`` is steered by ``row_plans[i]`` (None: unsteered).
+
+    Interventions that share a direction tensor, hook point, operator, schedule, span and branch become one
+    intervention with a per-row coefficient, so a sweep over coefficients or over directions runs as one
+    batched generate at little more than the cost of one.
+    """
+    merged: dict[tuple, tuple[Intervention, list[float]]] = {}
+    for row, plan in enumerate(row_plans):
+        for iv in as_plan(plan) if plan is not None else ():
+            coef = torch.as_tensor(iv.coefficient)
+            if coef.ndim != 0 or iv.rows is not None:
+                raise PolysteerError("stack_plans takes one plan per row: give scalar coefficients and no rows=")
+            key = (id(iv.direction), iv.hook_point, _identity(iv.operator), _identity(iv.schedule), iv.span, iv.branch)
+            first, coefs = merged.setdefault(key, (iv, [0.0] * len(row_plans)))
+            coefs[row] += float(coef)
+    return Plan([Intervention(iv.direction, iv.hook_point, torch.tensor(coefs), iv.operator, iv.schedule,
+                              span=iv.span, branch=iv.branch) for iv, coefs in merged.values()])
+
+
+def _identity(value: Any) -> Any:
+    return value if isinstance(value, str) else id(value)
+
+
 class _Compiled:
     """An intervention with its operator, schedule and tensors resolved for one model."""
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from polysteer import Intervention, Plan, PolysteerError, steer
+from polysteer import Intervention, Plan, PolysteerError, stack_plans, steer
 from polysteer.modalities.text.generation import generate
 
 HP = "text.blocks.1.resid_post"
@@ -123,6 +123,23 @@ def test_per_row_plans(llama, tokenizer):
     assert pos != plain
     only_row_1 = generate(llama, tokenizer, prompts, Intervention(v, HP, 6.0, rows=[1]), max_new_tokens=6, chat=False)
     assert only_row_1 == [plain, pos, plain]
+
+
+def test_stacked_plans_steer_each_row_with_its_own_direction(llama, tokenizer):
+    a, b = vec(llama, 1), vec(llama, 2)
+    prompts = ["tell me about the ocean"] * 4
+    row_plans = [Intervention(a, HP, 6.0), None, Intervention(b, HP, -6.0), [Intervention(b, HP, 6.0)]]
+    plan = stack_plans(row_plans)
+    assert len(plan) == 2  # rows 2 and 3 share direction b: one intervention with per-row coefficients
+    together = generate(llama, tokenizer, prompts, plan, max_new_tokens=6, chat=False)
+    alone = [generate(llama, tokenizer, prompts[:1], p, max_new_tokens=6, chat=False)[0] for p in row_plans]
+    assert together == alone
+    assert len(set(alone)) == 4
+
+
+def test_stack_plans_refuses_per_row_inputs(llama):
+    with pytest.raises(PolysteerError, match="one plan per row"):
+        stack_plans([Intervention(vec(llama), HP, [1.0, 2.0])])
 
 
 def test_nested_plans_compose(llama):
