@@ -12,8 +12,10 @@ def register_modalities(register):
 @hookimpl
 def register_evaluators(register):
     from polysteer.modalities.text.judges import ConceptSimilarity, KeywordJudge, Perplexity
+    from polysteer.modalities.text.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 
-    for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity):
+    for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity, ConceptScore, InstructionScore, FluencyScore,
+                      AxBenchScore):
         register(evaluator)
 
 
