@@ -26,8 +26,8 @@ from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa:
 from polysteer.modalities.text.sae_explain import vocab_proj  # noqa: E402
 from polysteer.modalities.text.sae_select import feature_stats, input_scores, output_scores  # noqa: E402
 from polysteer.modalities.text.sae_store import ActivationStore  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE, STATS_FILE, load_stats  # noqa: E402
-from polysteer.plugins.sae import SAE  # noqa: E402
+from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.plugins.sae import SAE, STATS_FILE, load_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_smollm2"
 

@@ -25,6 +25,7 @@ from polysteer.hookspecs import hookimpl
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+STATS_FILE = "feature_stats.safetensors"
 _KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
@@ -230,6 +231,12 @@ def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
         if key in cfg:
             meta.setdefault(key, cfg[key])
     return meta
+
+
+def load_stats(path: "str | os.PathLike") -> dict[str, torch.Tensor] | None:
+    """The per-feature statistics saved next to an SAE (frequency, mean, max, output/input scores), or None."""
+    file = Path(path) / STATS_FILE
+    return load_file(str(file)) if file.is_file() else None
 
 
 def load_sae(sae: "SAE | str | os.PathLike") -> SAE:

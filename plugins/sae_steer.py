@@ -17,7 +17,7 @@ from polysteer.engine import Intervention, Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import DirectionFinder, check_inputs, finish_direction
 from polysteer.operator import Operator
-from polysteer.plugins.sae import SAE, load_sae
+from polysteer.plugins.sae import SAE, load_sae, load_stats
 
 FEATURE_KEY = "sae_feature"
 
@@ -130,6 +130,15 @@ def feature_plan(direction: Direction, sae: "SAE | str | os.PathLike | None" = N
     return direction.to_plan(coefficient, operator=SAEClamp.from_direction(direction, sae), **intervention_kwargs)
 
 
+def filter_features(ranking: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int = 1) -> torch.Tensor:
+    """The first ``top_k`` features of ``ranking`` whose score passes ``threshold`` (Arad et al.'s filter)."""
+    kept = [int(f) for f in ranking if float(scores[f]) >= threshold][:top_k]
+    if not kept:
+        raise PolysteerError(f"no feature passes the score threshold {threshold}; lower it (scores go up to "
+                             f"{float(scores[ranking].max()):.3g})")
+    return torch.tensor(kept)
+
+
 class SAEContrast(DirectionFinder):
     """Rank SAE features by mean activation on positives minus negatives; steer with the best decoder rows.
 
@@ -138,13 +147,19 @@ class SAEContrast(DirectionFinder):
     Args:
         sae: SAE directory (or instance) trained on the hook point the activations come from.
         top_k: number of features combined, weighted by their activation difference.
+        score_filter: keep only features whose score reaches ``threshold`` (Arad et al.): ``'output'`` or
+            ``'input'`` reads that score from the SAE directory's feature statistics, or a ``[d_sae]`` tensor.
+        threshold: the filter's minimum score.
     """
 
     name = "sae_contrast"
 
-    def __init__(self, sae: Any = None, top_k: int = 1):
+    def __init__(self, sae: Any = None, top_k: int = 1, score_filter: "str | torch.Tensor | None" = None,
+                 threshold: float = 0.01):
         self.sae = sae
         self.top_k = top_k
+        self.score_filter = score_filter
+        self.threshold = threshold
 
     @classmethod
     def check_params(cls, d_model: int) -> dict:
@@ -164,12 +179,26 @@ class SAEContrast(DirectionFinder):
         sae.check_width(X_pos.shape[1])
         with torch.no_grad():
             self.differences_ = sae.encode(X_pos).mean(0) - sae.encode(X_neg).mean(0)
-            top = self.differences_.topk(self.top_k)
-            self.features_ = top.indices
-            self.feature_weights_ = top.values.clamp_min(0) if top.values.clamp_min(0).any() else torch.ones(self.top_k)
-            v = (self.feature_weights_.unsqueeze(1) * sae.W_dec[top.indices]).sum(0)
+            self.features_ = self._select(self.differences_)
+            values = self.differences_[self.features_].clamp_min(0)
+            self.feature_weights_ = values if values.any() else torch.ones(len(self.features_))
+            v = (self.feature_weights_.unsqueeze(1) * sae.W_dec[self.features_]).sum(0)
         self.direction_, self.scale_ = finish_direction(v.float(), X_pos, X_neg)
         return self
+
+    def _select(self, differences: torch.Tensor) -> torch.Tensor:
+        ranking = differences.argsort(descending=True)
+        if self.score_filter is None:
+            return ranking[: self.top_k]
+        scores = self.score_filter
+        if isinstance(scores, str):
+            stats = load_stats(self.sae) if not isinstance(self.sae, SAE) else None
+            key = f"{scores}_score"
+            if stats is None or key not in stats:
+                raise PolysteerError(f"the SAE has no saved {key}s to filter on; compute them with "
+                                     "benchmarks/sae_feature_scores.py --sae DIR, or pass a [d_sae] tensor")
+            scores = stats[key]
+        return filter_features(ranking, torch.as_tensor(scores), self.threshold, self.top_k)
 
     def score(self, X: torch.Tensor) -> torch.Tensor:
         """Concept score: the selected latents' activations (weighted), not a projection."""

@@ -9,11 +9,11 @@ import torch
 from polysteer import PolysteerError
 from polysteer.modalities.text.sae_explain import describe, token_change, top_snippets, vocab_proj
 from polysteer.modalities.text.sae_select import (
-    _score, feature_stats, filter_features, input_scores, output_scores, top_tokens,
+    _score, feature_stats, input_scores, output_scores, top_tokens,
 )
 from polysteer.modalities.text.sae_store import ActivationStore
 from polysteer.plugins.sae import SAE
-from polysteer.plugins.sae_steer import SAEClamp
+from polysteer.plugins.sae_steer import SAEClamp, SAEContrast, filter_features
 from tiny import WORDS
 
 LAST = "text.blocks.2.resid_post"
@@ -65,6 +65,24 @@ def test_filter_keeps_ranking_order_and_explains_failure():
     assert filter_features(torch.tensor([1, 2, 0]), scores, 0.1, top_k=2).tolist() == [2, 0]
     with pytest.raises(PolysteerError, match="lower it"):
         filter_features(torch.tensor([1, 3]), scores, 0.1)
+
+
+def test_contrast_finder_skips_features_below_the_score_threshold(tmp_path):
+    sae = SAE(8, 16, architecture="standard")
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([torch.eye(8), -torch.eye(8)]))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+    X_pos, X_neg = torch.randn(64, 8) * 0.1, torch.randn(64, 8) * 0.1
+    X_pos[:, 2] += 3.0  # latent 2 separates best, latent 5 second
+    X_pos[:, 5] += 1.0
+    assert SAEContrast(sae).fit(X_pos, X_neg).features_.tolist() == [2]
+    scores = torch.ones(16)
+    scores[2] = 0.0
+    assert SAEContrast(sae, score_filter=scores, threshold=0.5).fit(X_pos, X_neg).features_.tolist() == [5]
+    sae.save(tmp_path / "sae")
+    with pytest.raises(PolysteerError, match="no saved output_scores"):
+        SAEContrast(str(tmp_path / "sae"), score_filter="output").fit(X_pos, X_neg)
 
 
 def test_feature_stats_and_input_scores(llama, tokenizer, planted, tmp_path):

@@ -145,12 +145,3 @@ def input_scores(model, sae: SAE, stats: FeatureStats, n_tokens: int = 20) -> to
     hits = (tokens.unsqueeze(-1) == targets.unsqueeze(1)).any(-1) & (stats.top_values > 0)
     fired = (stats.top_values > 0).sum(1).clamp_min(1)
     return hits.sum(1) / fired
-
-
-def filter_features(ranking: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int = 1) -> torch.Tensor:
-    """The first ``top_k`` features of ``ranking`` whose score passes ``threshold`` (Arad et al.'s filter)."""
-    kept = [int(f) for f in ranking if float(scores[f]) >= threshold][:top_k]
-    if not kept:
-        raise PolysteerError(f"no feature passes the score threshold {threshold}; lower it (scores go up to "
-                             f"{float(scores[ranking].max()):.3g})")
-    return torch.tensor(kept)

@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file
 
 from polysteer.capture import write_safetensors_atomic
-from polysteer.plugins.sae import SAE
+from polysteer.plugins.sae import SAE, STATS_FILE
 from polysteer.modalities.text.sae_select import feature_stats
 from polysteer.modalities.text.sae_store import ActivationStore
 from polysteer.modalities.text.sae_train import TrainConfig, spliced_loss, train_sae
 
 SHIPPED_SAE = Path(__file__).parent / "data" / "sae-smollm2-L12"
-STATS_FILE = "feature_stats.safetensors"
 
 
 def train_text_sae(model, tokenizer, documents: Iterable[str], hook_point: str, output: str | Path,
@@ -52,9 +50,3 @@ def save_with_stats(sae: SAE, store: ActivationStore, shards, output: str | Path
     write_safetensors_atomic(output / STATS_FILE, {"frequency": stats.frequency, "mean": stats.mean,
                                                    "max": stats.max}, {"shards": json.dumps(list(shards))})
     return output
-
-
-def load_stats(path: str | Path) -> dict[str, torch.Tensor] | None:
-    """The feature statistics saved next to an SAE, or None."""
-    file = Path(path) / STATS_FILE
-    return load_file(str(file)) if file.is_file() else None
