@@ -22,6 +22,16 @@ from polysteer.hookpoints import HookPoint
 FORMAT_VERSION = 1
 _MANIFEST_KEY = "polysteer"
 _EXTRA = "extra."
+_OPERATOR_PARAM = "operator."
+
+
+def operator_param_key(hook_point: str, name: str) -> str:
+    """The ``extras`` key of an operator tensor for one hook point (e.g. a learned gate's ``w``).
+
+    ``to_plan`` passes every such tensor of a hook point to the stored operator's constructor by name, or to its
+    classmethod ``from_stored(direction, hook_point, **tensors)`` when it has one.
+    """
+    return f"{_OPERATOR_PARAM}{hook_point}.{name}"
 
 
 @dataclass
@@ -80,9 +90,30 @@ class Direction:
                 raise PolysteerError(f"direction has no vector for {hp}; it has {', '.join(self.hook_points)}")
             factor = self.scales.get(hp, 1.0) * self.weights.get(hp, 1.0)
             scaled = coef * factor if not isinstance(coef, (list, tuple)) else [c * factor for c in coef]
-            ivs.append(Intervention(self.vectors[hp], hp, scaled, operator or self.operator,
+            ivs.append(Intervention(self.vectors[hp], hp, scaled, self._operator(hp, operator),
                                     schedule or self.schedule, **intervention_kwargs))
         return Plan(ivs)
+
+    def operator_params(self, hook_point: str) -> dict[str, torch.Tensor]:
+        """The stored operator's tensors for one hook point (see :func:`operator_param_key`)."""
+        prefix = operator_param_key(hook_point, "")
+        return {k[len(prefix):]: v for k, v in self.extras.items() if k.startswith(prefix)}
+
+    def _operator(self, hook_point: str, operator: Any) -> Any:
+        """The operator for a hook point: built from its stored tensors when it has some and is not overridden."""
+        params = self.operator_params(hook_point)
+        if not params or (operator is not None and operator != self.operator):
+            return operator or self.operator
+        from polysteer.manager import registry
+
+        op = registry("operators")[self.operator]
+        try:
+            if hasattr(op, "from_stored"):  # it also needs the manifest, e.g. the SAE path in the provenance
+                return op.from_stored(self, hook_point, **params)
+            return op(**params)
+        except TypeError as exc:
+            raise PolysteerError(f"operator {self.operator!r} does not take the tensors {sorted(params)} stored "
+                                 f"for {hook_point}: {exc}; the file was written by another plugin version") from None
 
     def check_model(self, identity: dict[str, str], d_model: int, force: bool = False) -> None:
         """Refuse a model with another d_model, or (unless ``force``) another architecture/config."""

@@ -24,8 +24,10 @@ DEFAULT_PLUGINS = (
     "polysteer.plugins.schedules",
     "polysteer.plugins.rfm",
     "polysteer.plugins.sae",
+    "polysteer.plugins.gated",
     "polysteer.modalities.text",
     "polysteer.modalities.text.sae_cli",
+    "polysteer.modalities.text.trained",
     "polysteer.modalities.music",
     "polysteer.modalities.vision_language",
 )

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from polysteer.direction import Direction
+from polysteer.direction import Direction, operator_param_key
 from polysteer.engine import Intervention, Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import DirectionFinder, check_inputs, finish_direction
@@ -50,6 +50,13 @@ class SAEClamp(Operator):
     def __init__(self, sae: "SAE | str | os.PathLike | None" = None, feature: int | None = None):
         self.sae = load_sae(sae) if sae is not None else None
         self.feature = feature
+
+    @classmethod
+    def from_stored(cls, direction: Direction, hook_point: str, feature: torch.Tensor) -> "SAEClamp":
+        """Rebuilt by ``Direction.to_plan()`` from the stored feature index and the SAE path in the provenance."""
+        if not direction.provenance.get("sae"):
+            raise PolysteerError("the direction records no SAE path; pass the SAE: feature_plan(direction, sae)")
+        return cls(direction.provenance["sae"], int(feature[0]))
 
     @classmethod
     def from_direction(cls, direction: Direction, sae: "SAE | str | os.PathLike | None" = None) -> "SAEClamp":
@@ -106,13 +113,17 @@ def feature_direction(sae: SAE, feature: int, hook_point: str, operator: str = "
         raise PolysteerError(f"feature {feature} out of range: the SAE has {sae.d_sae} latents (0-{sae.d_sae - 1})")
     row = sae.W_dec[feature].detach().float()
     norm = float(row.norm())
-    scales = {} if operator == "sae_clamp" else {hook_point: norm}  # a clamp's coefficient is the latent value
+    clamp = operator == "sae_clamp"
+    scales = {} if clamp else {hook_point: norm}  # a clamp's coefficient is the latent value
+    extras = {FEATURE_KEY: torch.tensor([feature])}
+    if clamp and sae_path:  # lets Direction.to_plan() rebuild the operator from the file alone
+        extras[operator_param_key(hook_point, "feature")] = torch.tensor([feature])
     return Direction(
         vectors={hook_point: row / norm}, modality=modality, model=dict(sae.metadata.get("model", {})),
         d_model=sae.d_in, operator=operator, coefficient=coefficient, scales=scales,
         finder={"name": "sae_feature", "params": {"feature": feature}},
         provenance={"sae": sae_path or "", "sae_hook_name": sae.metadata.get("hook_name")},
-        extras={FEATURE_KEY: torch.tensor([feature])},
+        extras=extras,
     )
 
 

@@ -160,6 +160,22 @@ def test_feature_direction_save_load_and_plans(tmp_path, llama):
     assert torch.allclose(added, manual, atol=1e-5) and not torch.allclose(base, added)
 
 
+def test_a_saved_clamp_direction_rebuilds_its_operator_in_to_plan(tmp_path, llama):
+    sae = random_sae()
+    sae.save(tmp_path / "sae")
+    feature_direction(sae, 5, HP, operator="sae_clamp", sae_path=str(tmp_path / "sae")).save(tmp_path / "f5.safetensors")
+    loaded = Direction.load(tmp_path / "f5.safetensors")
+    (iv,) = loaded.to_plan(9.0)
+    assert isinstance(iv.operator, SAEClamp) and iv.operator.feature == 5
+    ids = torch.randint(4, 100, (1, 6))
+    with torch.no_grad():
+        with steer(llama, loaded.to_plan(9.0)):
+            rebuilt = llama(input_ids=ids).logits
+        with steer(llama, feature_plan(loaded, coefficient=9.0)):
+            explicit = llama(input_ids=ids).logits
+    assert torch.equal(rebuilt, explicit)
+
+
 def test_contrast_finds_the_planted_feature():
     sae = random_sae(d_sae=64, k=6)
     torch.manual_seed(1)
