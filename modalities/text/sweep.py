@@ -111,9 +111,13 @@ def plot(table: list[dict], path: Path, score_key: str) -> None:
 @click.option("--concept", help="Concept description for the MiniLM similarity judge.")
 @click.option("--keywords", help="Comma-separated concept keywords.")
 @click.option("--max-new-tokens", default=48, show_default=True)
+@click.option("--rank-layers", type=click.Choice(["none", "attribution"]), default="none", show_default=True,
+              help="attribution: rank the file's layers by gradient attribution of --keywords, sweep the best.")
+@click.option("--top-layers", default=1, show_default=True, help="With --rank-layers: how many layers to sweep.")
 @click.option("--force", is_flag=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for sweep.md, sweep.json, sweep.png.")
-def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keywords, max_new_tokens, force, output):
+def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keywords, max_new_tokens, rank_layers,
+          top_layers, force, output):
     """Sweep coefficients x layers; write a table and a concept-vs-fluency plot."""
     if not concept and not keywords:
         raise PolysteerError("give --concept DESCRIPTION and/or --keywords a,b,c to score the concept")
@@ -126,6 +130,11 @@ def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keyw
     if not points:
         raise PolysteerError(f"none of layers {layers} is in the direction file ({', '.join(direction.hook_points)})")
     prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
+    if rank_layers == "attribution":
+        from polysteer.modalities.text.attribution_cli import attribution_points
+
+        points = attribution_points(model, tokenizer, direction, prompts, keywords and keywords.split(","), points,
+                                    top_layers)
     coef_list = [float(c) for c in coefs.split(",")]
     rows = sweep_direction(model, tokenizer, direction, prompts, coef_list, points, max_new_tokens)
     table = summarize(score_rows(rows, model, tokenizer, concept, keywords.split(",") if keywords else None))
