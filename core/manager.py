@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "polysteer.modalities.text.sae_cli",
     "polysteer.modalities.text.trained",
     "polysteer.modalities.text.attribution_cli",
+    "polysteer.modalities.text.detect",
     "polysteer.modalities.music",
     "polysteer.modalities.vision_language",
 )

@@ -96,16 +96,44 @@ def _sae_path(path: str | None) -> Path:
 @click.option("--text", "text_path", type=click.Path(), help="Text file: show its top-activating snippets.")
 @click.option("--value", type=float, default=10.0, show_default=True, help="TokenChange clamp value / step size.")
 @click.option("-n", "--top", type=int, default=10, show_default=True)
-def explain(model_name, sae_path, feature, direction_path, text_path, value, top):
-    """Describe an SAE feature or a direction: VocabProj, TokenChange and top-activating snippets."""
+@click.option("--decompose", is_flag=True, help="With --direction: its top signed SAE features (decoder cosine; "
+              "contrast with --data); --text then measures the typical activation norm.")
+@click.option("--data", "data_path", type=click.Path(), help="--decompose: contrastive JSONL to encode per class.")
+@click.option("--coef", type=float, help="--decompose: coefficient for the norm check (default: the file's).")
+def explain(model_name, sae_path, feature, direction_path, text_path, value, top, decompose, data_path, coef):
+    """Describe an SAE feature or a direction: VocabProj, TokenChange and top-activating snippets.
+
+    With --decompose, list a direction's top signed SAE features (never encoding the vector itself) and warn
+    when its norm is more than 10x away from the typical activation norm at the hook point.
+    """
     from polysteer.modalities.text.models import load_text_model
     from polysteer.modalities.text.sae_explain import describe
 
     if (feature is None) == (direction_path is None):
         raise PolysteerError("give exactly one of --feature N (with --sae) or --direction FILE")
+    if (data_path or coef is not None) and not decompose:
+        raise PolysteerError("--data and --coef go with --decompose")
+    if decompose and direction_path is None:
+        raise PolysteerError("--decompose takes --direction FILE (an SAE feature is already one feature)")
     model, tokenizer = load_text_model(model_name)
+    if decompose:
+        _decompose(model, tokenizer, sae_path, direction_path, data_path, text_path, coef, top)
+        return
     subject = _subject(model, sae_path, feature, direction_path)
     for line in describe(model, tokenizer, *subject, text_path=text_path, value=value, n=top):
+        click.echo(line)
+
+
+def _decompose(model, tokenizer, sae_path, direction_path, data_path, text_path, coef, top) -> None:
+    """Print a direction's SAE decomposition; warnings (such as the norm check) go to stderr, one line each."""
+    from polysteer.modalities.text.sae_decompose import explain_decomposition
+    from polysteer.plugins.sae import SAE
+
+    report = explain_decomposition(model, tokenizer, direction_path, SAE.load(_sae_path(sae_path)), data_path,
+                                   text_path, coef, top)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    for line in report.lines:
         click.echo(line)
 
 
