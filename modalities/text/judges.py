@@ -83,26 +83,44 @@ class Perplexity(Evaluator):
     name = "perplexity"
     modalities = ("text",)
 
-    def __init__(self, model=None, tokenizer=None):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model=None, tokenizer=None, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @torch.no_grad()
     def evaluate(self, outputs, prompts: Sequence[str] | None = None, **context):
         if self.model is None:
             raise PolysteerError("the perplexity judge needs the model and tokenizer to score with")
-        return [self._one(text, prompts[i] if prompts else None) for i, text in enumerate(outputs)]
+        encoded = [self._encode(text, prompts[i] if prompts else None) for i, text in enumerate(outputs)]
+        scores = [float("inf")] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths pad less
+        for start in range(0, len(order), self.batch_size):
+            chunk = [i for i in order[start : start + self.batch_size] if len(encoded[i][0]) > encoded[i][1]]
+            for i, ppl in zip(chunk, self._batch([encoded[i] for i in chunk])):
+                scores[i] = ppl
+        return scores
 
-    def _one(self, text: str, prompt: str | None) -> float:
+    def _encode(self, text: str, prompt: str | None) -> tuple[list[int], int]:
+        """Token ids and the index of the first scored token (without a prompt the first token is context only)."""
         from polysteer.modalities.text.generation import format_prompt
 
         prefix = self.tokenizer(format_prompt(self.tokenizer, prompt), add_special_tokens=False).input_ids if prompt else []
-        ids = prefix + self.tokenizer(text, add_special_tokens=False).input_ids
-        first = max(len(prefix), 1)  # without a prompt the first token is context only
-        if len(ids) <= first:
-            return float("inf")
-        logits = self.model(input_ids=torch.tensor([ids])).logits[0, first - 1 : -1]
-        nll = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[first:]))
-        return math.exp(min(float(nll), 50.0))
+        return prefix + self.tokenizer(text, add_special_tokens=False).input_ids, max(len(prefix), 1)
+
+    def _batch(self, rows: list[tuple[list[int], int]]) -> list[float]:
+        """Right-padded rows in one forward; pads sit after every real token, so causal logits are unchanged."""
+        if not rows:
+            return []
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (tokens, _) in enumerate(rows):
+            ids[r, : len(tokens)], mask[r, : len(tokens)] = torch.tensor(tokens), 1
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        out = []
+        for r, (tokens, first) in enumerate(rows):
+            nll = torch.nn.functional.cross_entropy(logits[r, first - 1 : len(tokens) - 1], ids[r, first : len(tokens)])
+            out.append(math.exp(min(float(nll), 50.0)))
+        return out
 
 
 def distinct_ratio(text: str, n: int = 3) -> float:
