@@ -1,0 +1,193 @@
+"""The body of ``benchmarks/peers.py``, run inside the peers' venv (it imports steering-vectors and repeng)."""
+
+from __future__ import annotations
+
+import platform
+from contextlib import contextmanager
+
+import torch
+from repeng import ControlModel, ControlVector, DatasetEntry
+from steering_vectors import SteeringVector, mean_aggregator, train_steering_vector
+
+import axbench_lite as ax
+from common import RESULTS, interleaved_medians, markdown
+from concept_suite import load_suite
+from polysteer import Intervention, make_finder, steer
+from polysteer.hookpoints import hook_point
+from polysteer.io import atomic_write, write_text_atomic
+from polysteer.modalities.text.generation import Example, collect, format_prompt, generate
+from polysteer.modalities.text.models import load_text_model
+
+OUT = RESULTS / "peers"
+
+
+def vectors(model, tokenizer, concept, positives, negatives, layer: int) -> dict[str, torch.Tensor]:
+    """Each library's vector for one concept at ``layer`` (steering-vectors and repeng read the last token)."""
+    hp = hook_point(layer)
+    pos = [format_prompt(tokenizer, e.prompt) + e.text for e in positives]
+    neg = [format_prompt(tokenizer, e.prompt) + e.text for e in negatives]
+    sv = train_steering_vector(model, tokenizer, list(zip(pos, neg)), layers=[layer], aggregator=mean_aggregator(),
+                               batch_size=8)
+    rp = ControlVector.train(model, tokenizer, [DatasetEntry(p, n) for p, n in zip(pos, neg)],
+                             hidden_layers=[layer], method="pca_diff", batch_size=8)
+    last_pos = collect(model, tokenizer, pos, [hp], pooling="last", chat=False)[hp]
+    last_neg = collect(model, tokenizer, neg, [hp], pooling="last", chat=False)[hp]
+    mean_pos = collect(model, tokenizer, positives, [hp])[hp]
+    mean_neg = collect(model, tokenizer, negatives, [hp])[hp]
+    fit = lambda name, a, b: make_finder(name).fit(a, b)  # noqa: E731
+    return {"steering-vectors": sv.layer_activations[layer].float(), "repeng": torch.from_numpy(rp.directions[layer]),
+            "diffmean (last token)": fit("diffmean", last_pos, last_neg).direction_,
+            "pca_diff (last token)": fit("pca_diff", last_pos, last_neg).direction_,
+            "diffmean (mean, default)": fit("diffmean", mean_pos, mean_neg).direction_,
+            "pca_diff (mean, default)": fit("pca_diff", mean_pos, mean_neg).direction_,
+            "scale": torch.tensor(fit("diffmean", mean_pos, mean_neg).scale_)}
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))
+
+
+@contextmanager
+def steering(library: str, model, vector: torch.Tensor, layers: list[int], norm: float):
+    """Steer ``layers`` by ``norm * unit(vector)`` with one library (repeng wraps and unwraps the model)."""
+    unit = vector.float() / vector.float().norm()
+    if library == "polysteer":
+        with steer(model, [Intervention(unit, hook_point(layer), norm) for layer in layers]):
+            yield
+    elif library == "steering-vectors":
+        with SteeringVector({layer: unit for layer in layers}, "decoder_block").apply(model, multiplier=norm):
+            yield
+    elif library == "repeng":
+        wrapped = ControlModel(model, layers)
+        try:
+            wrapped.set_control(ControlVector(model.config.model_type, {layer: unit.numpy() for layer in layers}), norm)
+            yield
+        finally:
+            wrapped.unwrap()
+    elif library == "naive hook":
+        handles = [model.model.layers[layer].register_forward_hook(
+            lambda m, a, out: (out[0] + norm * unit,) + out[1:] if isinstance(out, tuple) else out + norm * unit)
+            for layer in layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+    else:
+        yield
+
+
+def judged(model, tokenizer, suite, vecs: dict, args, judges) -> list[dict]:
+    """Each library's steered answers to every concept's report instructions, scored by the AxBench-lite judges."""
+    rows = []
+    for i, c in enumerate(suite.concepts):
+        prompts = ax.rotate(suite.report, i, 4)
+        norm = args.factor * float(vecs[c.name]["scale"])
+        for library, name in (("polysteer", "diffmean (mean, default)"), ("steering-vectors", "steering-vectors"),
+                              ("repeng", "repeng")):
+            with steering(library, model, vecs[c.name][name], [args.layer], norm):
+                texts = generate(model, tokenizer, prompts, max_new_tokens=64, progress=False)
+            rows += [{"key": ax.key("peers", library, c.name, p, args.factor, args.layer, t), "name": c.name,
+                      "method": library, "instruction": p, "text": t} for p, t in zip(prompts, texts)]
+    judges.score(rows, ax.Cache(ax.cache_dir() / "axbench-lite" / "peer-scores.jsonl"))
+    return rows
+
+
+def throughput(model, tokenizer, vector: torch.Tensor, norm: float, args, prompts) -> list[dict]:
+    """Tokens/s per library at batch 1 and 8, one layer and every layer, interleaved rounds (median)."""
+    n_layers = model.config.num_hidden_layers
+    table = []
+    for batch in (1, 8):
+        tokenizer.padding_side = "left"
+        enc = tokenizer([format_prompt(tokenizer, p) for p in prompts[:batch]], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+        run = lambda: model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens,  # noqa: E731
+                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        variants = {"unsteered": run}
+        for library in ("polysteer", "steering-vectors", "repeng", "naive hook"):
+            for scope, layers in (("1 layer", [args.layer]), (f"all {n_layers} layers", list(range(n_layers)))):
+                variants[f"{library}, {scope}"] = _steered_run(library, model, vector, layers, norm, run)
+        with torch.no_grad():
+            interleaved_medians(variants, 1)  # warm-up round
+            seconds = interleaved_medians(variants, args.repeats)
+        base = batch * args.tokens / seconds["unsteered"]
+        for name, s in seconds.items():
+            tps = batch * args.tokens / s
+            table.append({"batch": batch, "variant": name, "tokens/s": tps, "vs unsteered": f"{tps / base - 1:+.1%}"})
+    return table
+
+
+def _steered_run(library, model, vector, layers, norm, run):
+    def steered():
+        with steering(library, model, vector, layers, norm):
+            run()
+
+    return steered
+
+
+def ratios(table: list[dict]) -> list[dict]:
+    """polysteer's tokens/s over each peer's, per batch size and scope."""
+    tps = {(r["batch"], r["variant"]): r["tokens/s"] for r in table}
+    rows = []
+    for (batch, variant), value in tps.items():
+        library, _, scope = variant.partition(", ")
+        if library in ("steering-vectors", "repeng", "naive hook"):
+            rows.append({"batch": batch, "scope": scope, "peer": library,
+                         "polysteer / peer": tps[batch, f"polysteer, {scope}"] / value})
+    return rows
+
+
+def plot(table: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax_, batch in zip(axes, (1, 8)):
+        rows = [r for r in table if r["batch"] == batch]
+        ax_.barh([r["variant"] for r in rows], [r["tokens/s"] for r in rows], color="tab:blue")
+        ax_.set(xlabel="tokens/s (median)", title=f"SmolLM2-135M generation, batch {batch}")
+        ax_.invert_yaxis()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def run(args) -> None:
+    import sys
+
+    torch.manual_seed(0)
+    model, tokenizer = load_text_model()
+    suite = load_suite().subset(limit=args.concepts)
+    ax_args = ax.parse_args(["--dtype", "float32"])
+    cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
+    positives, negatives = ax.training_data(model, tokenizer, suite, cache, ax_args)
+    vecs = {c.name: vectors(model, tokenizer, c, positives[c.name], negatives, args.layer) for c in suite.concepts}
+    cos = [{"concept": name,
+            "diffmean vs steering-vectors (last token)": cosine(v["diffmean (last token)"], v["steering-vectors"]),
+            "pca_diff vs repeng (last token)": cosine(v["pca_diff (last token)"], v["repeng"]),
+            "diffmean (default) vs steering-vectors": cosine(v["diffmean (mean, default)"], v["steering-vectors"]),
+            "pca_diff (default) vs repeng": cosine(v["pca_diff (mean, default)"], v["repeng"])} for name, v in vecs.items()]
+    judges = ax.Judges(model, tokenizer, suite, cache, ax_args)
+    rows = judged(model, tokenizer, suite, vecs, args, judges)
+    scores = [{"library": lib, **{k: ax.mean([r for r in rows if r["method"] == lib], k)
+                                  for k in ("score", "concept", "instruction", "fluency")}}
+              for lib in ("polysteer", "steering-vectors", "repeng")]
+    first = vecs[suite.concepts[0].name]
+    speed = throughput(model, tokenizer, first["diffmean (mean, default)"], args.factor * float(first["scale"]), args,
+                       list(suite.report))
+    out = OUT / "quick" if args.quick else OUT
+    out.mkdir(parents=True, exist_ok=True)
+    plot(speed, out / "throughput.png")
+    command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/peers.py " + " ".join(sys.argv[1:])
+    text = [f"# polysteer vs steering-vectors 0.12.2 vs repeng 0.4.0 on SmolLM2-135M-Instruct\n\nCommand: "
+            f"`{command.strip()}`; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}. Layer {args.layer}; steered norm {args.factor} x DiffMean class separation.\n",
+            "## Cosine between vectors\n", markdown(cos, list(cos[0])),
+            "## AxBench-lite judges on steered answers (0-2)\n", markdown(scores, list(scores[0])),
+            f"## Generation throughput ({args.tokens} new tokens, median of {args.repeats} interleaved rounds)\n",
+            markdown(speed, list(speed[0])), "## polysteer / peer throughput\n", markdown(ratios(speed),
+                                                                                        list(ratios(speed)[0]))]
+    write_text_atomic(out / "README.md", "\n".join(text))
+    print("\n".join(text))
