@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from polysteer.errors import PolysteerError
+
+
+def read_json(path: str | Path, kind: str, example: str) -> Any:
+    """A JSON file's content; errors name the file ``kind`` and an ``example`` file with the expected layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolysteerError(f"{kind} file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolysteerError(f"{path} is not valid JSON ({exc}); see {example}") from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:

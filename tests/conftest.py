@@ -25,6 +25,15 @@ def llama():
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The tiny Llama and its tokenizer saved as a model directory (for CLI tests; modules may override it)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real default model, converted once per machine into the polysteer cache."""
     from polysteer.modalities.text.models import load_text_model

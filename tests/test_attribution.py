@@ -14,7 +14,7 @@ from polysteer.modalities.text.attribution import (_left_padded, concept_score, 
                                                    rank_direction_layers)
 from polysteer.modalities.text.modality import TextModality
 from polysteer.plugins.sae import SAE
-from tiny import tiny_model, tiny_tokenizer
+from tiny import tiny_model
 
 PROMPTS = ["tell me about the day", "what is the", "describe a park in the city", "my friend"]
 KEYWORDS = ["ocean", "sea", "fish"]
@@ -134,14 +134,6 @@ def test_no_hooks_left(llama, tokenizer):
     layer_attribution(llama, tokenizer, PROMPTS, KEYWORDS, POINTS)
     assert count(llama) == before
     assert all(p.requires_grad and p.grad is None for p in llama.parameters())
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama-attr")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 def invoke(*args):

@@ -9,15 +9,6 @@ from click.testing import CliRunner
 
 from polysteer import Direction
 from polysteer.cli import get_cli, main
-from tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

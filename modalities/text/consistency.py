@@ -16,7 +16,6 @@ A group's consistency is the mean agreement over all pairs of its answers (1 whe
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from polysteer.data import read_json
 from polysteer.errors import PolysteerError
 from polysteer.evaluator import Evaluator
 
@@ -45,13 +45,7 @@ class ParaphraseGroup:
 
 def read_paraphrase_groups(path: str | Path) -> list[ParaphraseGroup]:
     """Read ``[{"answer": str, "paraphrases": [str, ...], "aliases"?: [str]}, ...]`` (or ``{"groups": [...]}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PolysteerError(f"paraphrase file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PolysteerError(f"{path} is not valid JSON ({exc}); see benchmarks/data/paraphrase_groups.json") from None
+    data = read_json(path, "paraphrase", "benchmarks/data/paraphrase_groups.json")
     rows = data.get("groups") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise PolysteerError(f"{path} must hold a non-empty list of groups (or {{\"groups\": [...]}})")

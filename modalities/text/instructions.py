@@ -12,12 +12,12 @@ The checks, each a pure function of the output text:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from polysteer.data import read_json
 from polysteer.errors import PolysteerError
 from polysteer.evaluator import Evaluator
 
@@ -115,13 +115,7 @@ def _strings(value) -> bool:
 
 def read_instructions(path: str | Path) -> InstructionData:
     """Read ``{"contents": [str], "instructions": {name: {"check": str, "wordings": [str]}}}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PolysteerError(f"instruction file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PolysteerError(f"{path} is not valid JSON ({exc}); see benchmarks/data/saif_instructions.json") from None
+    data = read_json(path, "instruction", "benchmarks/data/saif_instructions.json")
     if not isinstance(data, dict) or not _strings(data.get("contents")):
         raise PolysteerError(f"{path} needs 'contents': a non-empty list of prompt strings")
     if not isinstance(data.get("instructions"), dict) or not data["instructions"]:
