@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from pathlib import Path
@@ -16,12 +17,17 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Run each variant once per round, round-robin, and return each one's median seconds."""
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, seed: int = 0) -> dict[str, float]:
+    """Run each variant once per round, in a fresh seeded order each round, and return each one's median seconds.
+
+    Shuffling keeps a slot effect (e.g. the run after the slowest one) from always landing on the same variant.
+    """
     times: dict[str, list[float]] = {name: [] for name in variants}
+    order, rng = list(variants), random.Random(seed)
     for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(timed(variants[name]))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
