@@ -140,7 +140,8 @@ def report(results: list[dict], args, out: Path) -> str:
     tied = sum(r["score_at_attribution"] >= r["best_score"] for r in results)
     ratio = statistics.mean(r["score_at_attribution"] / r["best_score"] if r["best_score"] else 1.0 for r in results)
     lines = [f"# Attribution-chosen layer vs the sweep's best ({args.model})\n",
-             f"\nCommand: `{' '.join(sys.argv)}`\n\n", markdown(results, columns),
+             f"\nCommand: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attribution_layers.py {' '.join(sys.argv[1:])}`"
+             f"\n\n", markdown(results, columns),
              f"\ngrad . v picked the sweep's best layer for {exact}/{n} concepts and a layer scoring as well as the "
              f"best for {tied}/{n}; its layer reached on average "
              f"{ratio:.2f} of the best layer's score (mean rank {mean_rank:.1f}"
@@ -180,7 +181,8 @@ def main() -> None:
     concepts = load_concepts(args.concepts)[: args.limit]
     results = [run_concept(model, tokenizer, c, negatives, layers, args) for c in concepts]
     out = Path(args.out)
-    write_text_atomic(out / "results.json", json.dumps({"args": vars(args), "results": results}, indent=1))
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    write_text_atomic(out / "results.json", json.dumps({"args": settings, "results": results}, indent=1))
     plot(results, out / "attribution_layers.png")
     text = report(results, args, out)
     write_text_atomic(out / "README.md", text)

@@ -17,8 +17,8 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, seed: int = 0) -> dict[str, float]:
-    """Run each variant once per round, in a fresh seeded order each round, and return each one's median seconds.
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, seed: int = 0) -> dict[str, list[float]]:
+    """Run each variant once per round, in a fresh seeded order each round; every variant's seconds per round.
 
     Shuffling keeps a slot effect (e.g. the run after the slowest one) from always landing on the same variant.
     """
@@ -28,7 +28,12 @@ def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int,
         rng.shuffle(order)
         for name in order:
             times[name].append(timed(variants[name]))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, seed: int = 0) -> dict[str, float]:
+    """Each variant's median seconds over :func:`interleaved_times` rounds."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(variants, repeats, seed).items()}
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
