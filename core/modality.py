@@ -67,7 +67,7 @@ class StepTracker:
             x = kwargs.get("inputs_embeds", args[0] if args else None)
         batch, seq = x.shape[:2]
         mask = kwargs.get("attention_mask")
-        past = _cache_length(kwargs.get("past_key_values"))
+        past = cache_length(kwargs)
         if mask is not None and mask.ndim == 2:
             positions = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, -seq:]
             real = mask[:, -seq:].sum(-1, keepdim=True)
@@ -91,7 +91,14 @@ class StepTracker:
         return state
 
 
-def _cache_length(cache: Any) -> int:
+def cache_length(kwargs: dict) -> int:
+    """Tokens already in the KV cache a forward call was given (0 for a fresh pass).
+
+    transformers < 5.24 passes the cache as ``past_key_values``, 5.24+ as ``cache``.
+    """
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        cache = kwargs.get("cache")
     if cache is None:
         return 0
     if hasattr(cache, "get_seq_length"):

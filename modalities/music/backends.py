@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from polysteer.errors import PolysteerError
+from polysteer.modality import cache_length
 
 DEFAULT_FRAME_RATE = 50.0  # every released MusicGen decodes 50 frames per second
 
@@ -134,8 +135,7 @@ class TransformersMusicgen(Backend):
         embeds = kwargs.get("inputs_embeds")
         batch, seq = (ids.shape[0] // self.num_codebooks, ids.shape[1]) if ids is not None \
             else embeds.shape[:2]
-        cache = kwargs.get("past_key_values")
-        return batch, seq, int(cache.get_seq_length()) if cache is not None else 0
+        return batch, seq, cache_length(kwargs)
 
     def cfg_doubled(self, args, kwargs, batch):
         # transformers appends the null condition as all-zero encoder states with an all-zero mask
