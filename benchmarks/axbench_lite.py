@@ -92,6 +92,12 @@ def key(*parts) -> str:
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:20]
 
 
+def fingerprint(plan: Intervention) -> str:
+    """A digest of the steered vector (4 decimals), so a re-fitted direction never reuses stale generations."""
+    vector = (torch.as_tensor(plan.direction).float() * plan.coefficient).numpy().round(4)
+    return hashlib.sha1(vector.tobytes()).hexdigest()[:12]
+
+
 def run_jobs(model, tokenizer, jobs: list[Job], cache: Cache, args, desc: str) -> list[str]:
     """Generate what the cache lacks in batches of ``args.batch`` rows (one system prompt per batch)."""
     todo = {j.key: j for j in jobs if j.key not in cache.texts}
@@ -178,7 +184,8 @@ def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | No
                 plan = Intervention(finder.direction_, hp, factor * float(finder.scale_))
                 for ins in instructions:
                     row = {"name": name, "method": method, "hook_point": hp, "factor": factor, "instruction": ins}
-                    pairs.append((row, Job(key("steer", name, method, hp, factor, ins, args.tokens, args.dtype), ins, None, plan)))
+                    job_key = key("steer", name, method, hp, factor, ins, args.tokens, args.dtype, fingerprint(plan))
+                    pairs.append((row, Job(job_key, ins, None, plan)))
     return pairs
 
 

@@ -28,7 +28,7 @@ from polysteer.io import write_text_atomic
 from polysteer.modalities.text.generation import collect
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.trained import TrainedVector
-from polysteer.modalities.text.trained_data import rows_from_examples
+from polysteer.modalities.text.trained_data import TrainRow, rows_from_examples
 
 OUT = RESULTS / "trained_vectors"
 
@@ -39,7 +39,8 @@ def fit(model, tokenizer, suite, positives, negatives, args) -> dict:
     X_neg = collect(model, tokenizer, negatives, [hp])[hp]
     fitted = {}
     for c in suite.concepts:
-        rows = rows_from_examples(positives[c.name], negatives)
+        rows = [TrainRow(r.prompt, _clip(r.target, args.target_words), _clip(r.contrast, args.target_words))
+                for r in rows_from_examples(positives[c.name], negatives)]
         trained = TrainedVector(layers=[args.layer], steps=args.steps, lr=args.lr, batch_size=8, patience=3,
                                 seed=0).fit_model(model, tokenizer, rows)
         fitted[c.name, "trained", hp] = trained
@@ -50,12 +51,18 @@ def fit(model, tokenizer, suite, positives, negatives, args) -> dict:
     return fitted
 
 
+def _clip(text: str, words: int | None) -> str:
+    """The first ``words`` words: the opening of an answer carries the concept, and half the tokens halve the cost."""
+    return text if words is None else " ".join(text.split()[:words])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concepts", type=int, default=5)
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--target-words", type=int, help="train on the first N words of each answer (default: all)")
     parser.add_argument("--factors", default="0.5,1,2,4")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -94,7 +101,8 @@ def write(args, suite, report, fitted, chosen, seconds) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Trained steering vectors vs DiffMean on SmolLM2-135M-Instruct (layer {args.layer})\n\n"
             f"Command: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/trained_vectors.py {' '.join(sys.argv[1:])}` "
-            f"({seconds / 60:.0f} min). Supervised objective, {args.steps} steps max (early stopping), lr {args.lr}; "
+            f"({seconds / 60:.0f} min). Supervised objective, {args.steps} steps max (early stopping), lr {args.lr}, "
+            f"{'whole answers' if args.target_words is None else f'first {args.target_words} words of each answer'}; "
             f"factors {args.factors} chosen on the selection half, reported on the report half (0-2 judges).\n\n"
             + markdown(table, list(table[0])) + "\n## Per concept\n\n" + markdown(per, list(per[0])))
     write_text_atomic(out / "README.md", text)
