@@ -17,6 +17,7 @@ Usage::
 
     .venv/bin/python benchmarks/peers.py            # builds the venv on first use (a few minutes)
     .venv/bin/python benchmarks/peers.py --quick
+    .venv/bin/python benchmarks/peers.py --decode-only --repeats 15   # the hooks' cost per decode step
 """
 
 from __future__ import annotations
@@ -68,10 +69,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=48, help="new tokens per timed generate")
     parser.add_argument("--quick", action="store_true", help="1 concept, 2 repeats, 8 tokens")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only time one cached decode step per library (the hooks' own cost)")
+    parser.add_argument("--steps", type=int, default=20, help="decode steps per timed round (--decode-only)")
     args = parser.parse_args()
     if args.quick:
         args.concepts, args.repeats, args.tokens = 1, 2, 8
-    peers_run.run(args)
+    if args.decode_only:
+        peers_run.run_decode_steps(args)
+    else:
+        peers_run.run(args)
 
 
 if __name__ == "__main__":

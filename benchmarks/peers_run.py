@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import platform
 import statistics
 from contextlib import contextmanager
@@ -119,6 +120,45 @@ def throughput(model, tokenizer, vector: torch.Tensor, norm: float, args, prompt
     return table
 
 
+def decode_steps(model, tokenizer, vector: torch.Tensor, norm: float, args, prompts) -> list[dict]:
+    """Milliseconds per cached decode step under each library at batch 1 and 8: the hooks' own cost.
+
+    Whole generations vary by several percent from run to run here; one decode step, repeated on the same cache
+    (cropped back after each step), isolates what the hooks add. Median over shuffled rounds of ``args.steps`` steps.
+    """
+    n_layers = model.config.num_hidden_layers
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    table = []
+    for batch in (1, 8):
+        tokenizer.padding_side = "left"
+        enc = tokenizer([format_prompt(tokenizer, p) for p in prompts[:batch]], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+        with torch.no_grad():
+            out = model(**enc, use_cache=True)
+        cache, ids = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones(batch, 1)], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, -1:]  # per row, as generate passes them
+
+        def block():
+            for _ in range(args.steps):
+                model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
+                cache.crop(-1)
+
+        variants = {"unsteered": block}
+        for library in ("polysteer", "steering-vectors", "repeng", "naive hook"):
+            for scope, layers in (("1 layer", [args.layer]), (f"all {n_layers} layers", list(range(n_layers)))):
+                variants[f"{library}, {scope}"] = _steered_run(library, model, vector, layers, norm, block)
+        with torch.no_grad():
+            interleaved_times(variants, 1)  # warm-up round
+            rounds = interleaved_times(variants, args.repeats)
+        base = statistics.median(rounds["unsteered"])
+        for name, seconds in rounds.items():
+            ms = 1000 * statistics.median(seconds) / args.steps
+            table.append({"batch": batch, "variant": name, "ms per step": ms,
+                          "vs unsteered": f"{statistics.median(seconds) / base - 1:+.1%}"})
+    return table
+
+
 def _steered_run(library, model, vector, layers, norm, run):
     def steered():
         with steering(library, model, vector, layers, norm):
@@ -196,3 +236,31 @@ def run(args) -> None:
                                                                                         list(ratios(speed)[0]))]
     write_text_atomic(out / "README.md", "\n".join(text))
     print("\n".join(text))
+
+
+def run_decode_steps(args) -> None:
+    """Only the per-step hook cost (``--decode-only``), written to ``decode_steps.md`` next to the README."""
+    import sys
+
+    torch.manual_seed(0)
+    model, tokenizer = load_text_model()
+    suite = load_suite().subset(limit=1)
+    ax_args = ax.parse_args(["--dtype", "float32"])
+    cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
+    positives, negatives = ax.training_data(model, tokenizer, suite, cache, ax_args)
+    c = suite.concepts[0]
+    v = vectors(model, tokenizer, c, positives[c.name], negatives, args.layer)
+    table = decode_steps(model, tokenizer, v["diffmean (mean, default)"], args.factor * float(v["scale"]), args,
+                         list(suite.report))
+    by = {(r["batch"], r["variant"]): r["ms per step"] for r in table}
+    ratio = [{"batch": b, "scope": variant.partition(", ")[2], "peer": variant.partition(", ")[0],
+              "polysteer / peer (speed)": ms / by[b, "polysteer, " + variant.partition(", ")[2]]}
+             for (b, variant), ms in by.items() if variant.partition(", ")[0] in ("steering-vectors", "repeng")]
+    command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/peers.py " + " ".join(sys.argv[1:])
+    text = (f"# One cached decode step under each library (SmolLM2-135M-Instruct)\n\nCommand: `{command.strip()}`; "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}. Layer {args.layer}; median over "
+            f"{args.repeats} shuffled rounds of {args.steps} steps on the same KV cache (cropped back each step).\n\n"
+            + markdown(table, list(table[0])) + "\n" + markdown(ratio, list(ratio[0])))
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(OUT / "decode_steps.md", text)
+    print(text)
