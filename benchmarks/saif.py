@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.instructions import check, read_instructions  # noqa: E402
+from polysteer.modalities.text.instructions import check, read_instructions, word_count  # noqa: E402
 from polysteer.modalities.text.models import load_text_model  # noqa: E402
 from polysteer.modalities.text.sae_guided import fit_saif, follow_rate  # noqa: E402
 from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
@@ -83,7 +83,7 @@ def run_instruction(model, tokenizer, args, name: str, instruction, fit: list[st
         rates[key], samples[key] = follow_rate(model, tokenizer, test, passes, direction.to_plan(coef), **gen)
     return {"instruction": name, "latents": finder.latents_.tolist(), "vector_norm": finder.scale_,
             "hook_point": direction.hook_points[0], "rates": rates,
-            "mean_words": {k: sum(len(t.split()) for t in v) / len(v) for k, v in samples.items()},
+            "mean_words": {k: sum(word_count(t) for t in v) / len(v) for k, v in samples.items()},
             "samples": {k: v[:3] for k, v in samples.items()}}
 
 

@@ -84,6 +84,8 @@ def test_capitals_short_and_question_checks():
     assert not is_all_capitals("The ocean is very big.") and not is_all_capitals("OK") and not is_all_capitals("123")
     assert is_short("A short answer of six words.") and not is_short("") and not is_short("word " * 20)
     assert is_short("word " * 19)
+    # degenerate run-together output is not a short answer; acronyms and contractions stay one word
+    assert not is_short("YouYouMakeA" * 10) and is_short("NASA sent 3 rockets. I'm sure of it.")
     assert ends_with_question("Do you like the sea?") and ends_with_question('He asked: "why?" ')
     assert ends_with_question("What about you?**\n") and not ends_with_question("Is it? No, it is not.")
 

@@ -5,7 +5,8 @@ The checks, each a pure function of the output text:
 - ``french``: at least 15% of the words are French function words ("le", "est", "des", ...) and more of them are
   French than English function words; at least 3 words.
 - ``capitals``: at least 3 cased letters and at least 95% of them upper case.
-- ``short``: 1 to 19 words (whitespace-separated), i.e. under 20.
+- ``short``: 1 to 19 words, i.e. under 20: whitespace-separated words holding a letter or digit, each also split at
+  lower-to-upper case changes so run-together degenerate output ("YouYouMakeAYou...") counts every word it holds.
 - ``question``: the text ends with "?" (ignoring closing quotes, brackets, emphasis marks and spaces). An answer cut
   off by ``max_new_tokens`` fails, so give generations room to finish.
 """
@@ -33,6 +34,7 @@ ENGLISH_WORDS = frozenset(
     "how when where very also so if then than into about".split()
 )
 _WORD = re.compile(r"[^\W\d_]+")
+_CAMEL = re.compile(r"[a-z][A-Z]")
 _TRAILING = " \t\n\"'”’»)]*_`"
 
 
@@ -54,7 +56,12 @@ def is_all_capitals(text: str, min_fraction: float = 0.95) -> bool:
 
 def is_short(text: str, max_words: int = 20) -> bool:
     """Fewer than ``max_words`` words, and at least one."""
-    return 0 < len(text.split()) < max_words
+    return 0 < word_count(text) < max_words
+
+
+def word_count(text: str) -> int:
+    """Whitespace words with a letter or digit, plus one per lower-to-upper case change inside a word."""
+    return sum(1 + len(_CAMEL.findall(word)) for word in text.split() if any(c.isalnum() for c in word))
 
 
 def ends_with_question(text: str) -> bool:
