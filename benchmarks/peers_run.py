@@ -97,7 +97,6 @@ def judged(model, tokenizer, suite, vecs: dict, args, judges) -> list[dict]:
 
 def throughput(model, tokenizer, vector: torch.Tensor, norm: float, args, prompts) -> list[dict]:
     """Tokens/s per library at batch 1 and 8, one layer and every layer, interleaved rounds (median)."""
-    n_layers = model.config.num_hidden_layers
     table = []
     for batch in (1, 8):
         tokenizer.padding_side = "left"
@@ -105,13 +104,7 @@ def throughput(model, tokenizer, vector: torch.Tensor, norm: float, args, prompt
                         add_special_tokens=False)
         run = lambda: model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens,  # noqa: E731
                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        variants = {"unsteered": run}
-        for library in ("polysteer", "steering-vectors", "repeng", "naive hook"):
-            for scope, layers in (("1 layer", [args.layer]), (f"all {n_layers} layers", list(range(n_layers)))):
-                variants[f"{library}, {scope}"] = _steered_run(library, model, vector, layers, norm, run)
-        with torch.no_grad():
-            interleaved_times(variants, 1)  # warm-up round
-            rounds = interleaved_times(variants, args.repeats)
+        rounds = _timed_variants(model, vector, norm, args, run)
         base = batch * args.tokens / statistics.median(rounds["unsteered"])
         for name, seconds in rounds.items():
             tps = batch * args.tokens / statistics.median(seconds)
@@ -126,7 +119,6 @@ def decode_steps(model, tokenizer, vector: torch.Tensor, norm: float, args, prom
     Whole generations vary by several percent from run to run here; one decode step, repeated on the same cache
     (cropped back after each step), isolates what the hooks add. Median over shuffled rounds of ``args.steps`` steps.
     """
-    n_layers = model.config.num_hidden_layers
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     table = []
     for batch in (1, 8):
@@ -144,19 +136,25 @@ def decode_steps(model, tokenizer, vector: torch.Tensor, norm: float, args, prom
                 model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
                 cache.crop(-1)
 
-        variants = {"unsteered": block}
-        for library in ("polysteer", "steering-vectors", "repeng", "naive hook"):
-            for scope, layers in (("1 layer", [args.layer]), (f"all {n_layers} layers", list(range(n_layers)))):
-                variants[f"{library}, {scope}"] = _steered_run(library, model, vector, layers, norm, block)
-        with torch.no_grad():
-            interleaved_times(variants, 1)  # warm-up round
-            rounds = interleaved_times(variants, args.repeats)
+        rounds = _timed_variants(model, vector, norm, args, block)
         base = statistics.median(rounds["unsteered"])
         for name, seconds in rounds.items():
             ms = 1000 * statistics.median(seconds) / args.steps
             table.append({"batch": batch, "variant": name, "ms per step": ms,
                           "vs unsteered": f"{statistics.median(seconds) / base - 1:+.1%}"})
     return table
+
+
+def _timed_variants(model, vector, norm, args, run) -> dict[str, list[float]]:
+    """Seconds per round of ``run`` unsteered and under each library, one layer and every layer, after a warm-up."""
+    n_layers = model.config.num_hidden_layers
+    variants = {"unsteered": run}
+    for library in ("polysteer", "steering-vectors", "repeng", "naive hook"):
+        for scope, layers in (("1 layer", [args.layer]), (f"all {n_layers} layers", list(range(n_layers)))):
+            variants[f"{library}, {scope}"] = _steered_run(library, model, vector, layers, norm, run)
+    with torch.no_grad():
+        interleaved_times(variants, 1)  # warm-up round
+        return interleaved_times(variants, args.repeats)
 
 
 def _steered_run(library, model, vector, layers, norm, run):
