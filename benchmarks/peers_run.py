@@ -196,16 +196,22 @@ def plot(table: list[dict], path) -> None:
     plt.close(fig)
 
 
-def run(args) -> None:
-    import sys
-
+def _prepare(args, n_concepts: int):
+    """SmolLM2, the suite's first ``n_concepts`` concepts, the generation cache and every library's vectors."""
     torch.manual_seed(0)
     model, tokenizer = load_text_model()
-    suite = load_suite().subset(limit=args.concepts)
+    suite = load_suite().subset(limit=n_concepts)
     ax_args = ax.parse_args(["--dtype", "float32"])
     cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
     positives, negatives = ax.training_data(model, tokenizer, suite, cache, ax_args)
     vecs = {c.name: vectors(model, tokenizer, c, positives[c.name], negatives, args.layer) for c in suite.concepts}
+    return model, tokenizer, suite, cache, ax_args, vecs
+
+
+def run(args) -> None:
+    import sys
+
+    model, tokenizer, suite, cache, ax_args, vecs = _prepare(args, args.concepts)
     cos = [{"concept": name,
             "diffmean vs steering-vectors (last token)": cosine(v["diffmean (last token)"], v["steering-vectors"]),
             "pca_diff vs repeng (last token)": cosine(v["pca_diff (last token)"], v["repeng"]),
@@ -240,14 +246,8 @@ def run_decode_steps(args) -> None:
     """Only the per-step hook cost (``--decode-only``), written to ``decode_steps.md`` next to the README."""
     import sys
 
-    torch.manual_seed(0)
-    model, tokenizer = load_text_model()
-    suite = load_suite().subset(limit=1)
-    ax_args = ax.parse_args(["--dtype", "float32"])
-    cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
-    positives, negatives = ax.training_data(model, tokenizer, suite, cache, ax_args)
-    c = suite.concepts[0]
-    v = vectors(model, tokenizer, c, positives[c.name], negatives, args.layer)
+    model, tokenizer, suite, _, _, vecs = _prepare(args, 1)
+    v = vecs[suite.concepts[0].name]
     table = decode_steps(model, tokenizer, v["diffmean (mean, default)"], args.factor * float(v["scale"]), args,
                          list(suite.report))
     by = {(r["batch"], r["variant"]): r["ms per step"] for r in table}
