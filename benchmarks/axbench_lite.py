@@ -8,7 +8,7 @@ instruction, DiffMean, PCA, probe, RFM, the best contrast SAE feature and the be
 2. fit the direction per layer; concept-detection AUROC on the held-out texts (token scores mean-pooled per text);
 3. steer: generate for ``--selection`` instructions of the selection half at every factor (factor x the
    direction's class separation, so one grid fits every method), score with the AxBench rule (harmonic mean of
-   concept, instruction and fluency, each 0-2; :mod:`polysteer.modalities.text.rubric`), pick the best factor;
+   concept, instruction and fluency, each 0-2; :mod:`polysteer.modalities.text.evaluators.rubric`), pick the best factor;
 4. report: ``--report`` instructions of the report half at the chosen factor.
 
 All rows of a phase run as batched generates whose rows carry different directions and factors
@@ -47,8 +47,8 @@ from polysteer.hookpoints import hook_point
 from polysteer.io import write_text_atomic
 from polysteer.modalities.text.generation import Example, collect, generate, token_labels
 from polysteer.modalities.text.models import cache_dir, load_text_model
-from polysteer.modalities.text.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE
+from polysteer.modalities.text.evaluators.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE
 
 OUT = RESULTS / "axbench_lite"
 FINDERS = {"diffmean": ("diffmean", {}), "pca": ("pca_diff", {}), "probe": ("probe", {}), "rfm": ("rfm", {}),

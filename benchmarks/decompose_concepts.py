@@ -22,11 +22,11 @@ from polysteer import make_finder
 from polysteer.hookpoints import hook_point
 from polysteer.io import write_text_atomic
 from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.sae_decompose import token_activations
-from polysteer.modalities.text.sae_explain import vocab_proj
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE
-from polysteer.plugins.sae import SAE
-from polysteer.plugins.sae_decompose import contrast_decomposition, decoder_cosine, reconstruction_cosine
+from polysteer.modalities.text.sae.decompose import token_activations
+from polysteer.modalities.text.sae.explain import vocab_proj
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE
+from polysteer.plugins.sae.model import SAE
+from polysteer.plugins.sae.decompose import contrast_decomposition, decoder_cosine, reconstruction_cosine
 
 OUT = RESULTS / "decomposition"
 

@@ -1,6 +1,6 @@
 """Human-written vs SmolLM2-generated text: detection by DiffMean, a logistic probe, RFM and SAE features.
 
-Human text: passages of the Debian corpus (``polysteer.modalities.text.sae_corpus``: the Jargon File, the
+Human text: passages of the Debian corpus (``polysteer.modalities.text.sae.corpus``: the Jargon File, the
 Debian Reference, the Python docs, fortunes when installed) taken *after* the prefix of the corpus stream that
 the shipped SAE's activation store consumed, so the SAE never trained on them; when the store is on disk its
 first window is compared with the stream to check that the corpus is the same one (reported). Each passage is
@@ -42,11 +42,11 @@ from polysteer.io import write_text_atomic  # noqa: E402
 from polysteer.modalities.text.detect import text_activations  # noqa: E402
 from polysteer.modalities.text.generation import generate  # noqa: E402
 from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_corpus import debian_corpus, token_windows  # noqa: E402
-from polysteer.modalities.text.sae_explain import vocab_proj  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.detect import FinderDetector, best_f1_threshold, detection_metrics, feature_codes  # noqa: E402
-from polysteer.plugins.sae import SAE  # noqa: E402
+from polysteer.modalities.text.sae.corpus import debian_corpus, token_windows  # noqa: E402
+from polysteer.modalities.text.sae.explain import vocab_proj  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.plugins.detection.scoring import FinderDetector, best_f1_threshold, detection_metrics, feature_codes  # noqa: E402
+from polysteer.plugins.sae.model import SAE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, markdown  # noqa: E402

@@ -29,10 +29,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.consistency import Consistency, read_paraphrase_groups  # noqa: E402
+from polysteer.modalities.text.evaluators.consistency import Consistency, read_paraphrase_groups  # noqa: E402
 from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_guided import fit_lf_steering, measure_consistency  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.modalities.text.sae.guided import fit_lf_steering, measure_consistency  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "lf_steering"

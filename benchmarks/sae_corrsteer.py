@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from polysteer.modalities.text.generation import generate  # noqa: E402
 from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_corrsteer import corrsteer, corrsteer_plan, side_effect_ratio  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.sae import SAE  # noqa: E402
+from polysteer.modalities.text.sae.corrsteer import corrsteer, corrsteer_plan, side_effect_ratio  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.plugins.sae.model import SAE  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_corrsteer"
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

@@ -23,11 +23,11 @@ import torch  # noqa: E402
 
 from polysteer.capture import write_safetensors_atomic  # noqa: E402
 from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_explain import vocab_proj  # noqa: E402
-from polysteer.modalities.text.sae_select import feature_stats, input_scores, output_scores  # noqa: E402
-from polysteer.modalities.text.sae_store import ActivationStore  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.sae import SAE, STATS_FILE, load_stats  # noqa: E402
+from polysteer.modalities.text.sae.explain import vocab_proj  # noqa: E402
+from polysteer.modalities.text.sae.select import feature_stats, input_scores, output_scores  # noqa: E402
+from polysteer.modalities.text.sae.store import ActivationStore  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.plugins.sae.model import SAE, STATS_FILE, load_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_smollm2"
 

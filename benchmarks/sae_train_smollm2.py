@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_corpus import debian_corpus  # noqa: E402
-from polysteer.modalities.text.sae_train import TrainConfig  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE, train_text_sae  # noqa: E402
-from polysteer.plugins.sae import load_stats  # noqa: E402
+from polysteer.modalities.text.sae.corpus import debian_corpus  # noqa: E402
+from polysteer.plugins.sae.trainer import TrainConfig  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE, train_text_sae  # noqa: E402
+from polysteer.plugins.sae.model import load_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_smollm2"
 HOOK_POINT = "text.blocks.12.resid_post"

@@ -32,10 +32,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.instructions import check, read_instructions, word_count  # noqa: E402
+from polysteer.modalities.text.evaluators.instructions import check, read_instructions, word_count  # noqa: E402
 from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae_guided import fit_saif, follow_rate  # noqa: E402
-from polysteer.modalities.text.sae_workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.modalities.text.sae.guided import fit_saif, follow_rate  # noqa: E402
+from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "saif"

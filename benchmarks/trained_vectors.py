@@ -27,8 +27,8 @@ from polysteer.hookpoints import hook_point
 from polysteer.io import write_text_atomic
 from polysteer.modalities.text.generation import collect
 from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.trained import TrainedVector
-from polysteer.modalities.text.trained_data import TrainRow, rows_from_examples
+from polysteer.modalities.text.trained.finder import TrainedVector
+from polysteer.modalities.text.trained.data import TrainRow, rows_from_examples
 
 OUT = RESULTS / "trained_vectors"
 

@@ -1,6 +1,7 @@
-"""Plugin manager: built-ins and third-party plugins load the same way, through pluggy.
+"""Plugin manager: built-ins and third-party plugins load the same way, through the ``polysteer`` entry points.
 
-``POLYSTEER_LOAD_PLUGINS`` (comma-separated plugin names, empty for none) restricts which plugins load.
+``POLYSTEER_LOAD_PLUGINS`` (comma-separated entry-point names, empty for none) restricts which third-party
+plugins load; the built-ins (entry points of the ``polysteer`` distribution itself) always load.
 A plugin that fails to import is recorded in :data:`broken_plugins` and reported by ``polysteer plugins``.
 """
 
@@ -18,24 +19,7 @@ from polysteer import hookspecs
 from polysteer.errors import PolysteerError
 
 ENTRY_POINT_GROUP = "polysteer"
-DEFAULT_PLUGINS = (
-    "polysteer.plugins.finders",
-    "polysteer.plugins.operators",
-    "polysteer.plugins.schedules",
-    "polysteer.plugins.rfm",
-    "polysteer.plugins.sae",
-    "polysteer.plugins.gated",
-    "polysteer.plugins.lf_steering",
-    "polysteer.plugins.saif",
-    "polysteer.modalities.text",
-    "polysteer.modalities.text.sae_cli",
-    "polysteer.modalities.text.trained",
-    "polysteer.modalities.text.attribution_cli",
-    "polysteer.modalities.text.detect",
-    "polysteer.modalities.text.sae_guided_cli",
-    "polysteer.modalities.music",
-    "polysteer.modalities.vision_language",
-)
+BUILTIN_DISTRIBUTION = "polysteer"
 KINDS = ("direction_finders", "schedules", "operators", "modalities", "evaluators")
 
 pm = pluggy.PluginManager("polysteer")
@@ -51,17 +35,19 @@ def _allowed(name: str) -> bool:
     return name in {n.strip() for n in restrict.split(",") if n.strip()}
 
 
+def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+
+
 def load_plugins() -> None:
-    """Import and register the built-in and entry-point plugins once."""
+    """Import and register every ``polysteer`` entry point once: the built-ins first, then third-party plugins."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for module_name in DEFAULT_PLUGINS:
-        if _allowed(module_name):
-            _register_module(module_name, lambda m=module_name: importlib.import_module(m))
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if _allowed(ep.name):
+    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (not _is_builtin(ep), ep.name))
+    for ep in points:
+        if _is_builtin(ep) or _allowed(ep.name):
             _register_module(ep.name, ep.load)
 
 

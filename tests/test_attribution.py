@@ -13,7 +13,7 @@ from polysteer.modalities.text.attribution import (_left_padded, concept_score, 
                                                    feature_attribution, layer_attribution, rank_by_attribution,
                                                    rank_direction_layers)
 from polysteer.modalities.text.modality import TextModality
-from polysteer.plugins.sae import SAE
+from polysteer.plugins.sae.model import SAE
 from tiny import tiny_model
 
 PROMPTS = ["tell me about the day", "what is the", "describe a park in the city", "my friend"]

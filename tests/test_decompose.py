@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from polysteer import Direction, PolysteerError
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.sae_cli import explain
-from polysteer.modalities.text.sae_decompose import applied_vector, token_activations
-from polysteer.plugins.sae import SAE
-from polysteer.plugins.sae_decompose import (
+from polysteer.modalities.text.cli.sae import explain
+from polysteer.modalities.text.sae.decompose import applied_vector, token_activations
+from polysteer.plugins.sae.model import SAE
+from polysteer.plugins.sae.decompose import (
     contrast_decomposition, decoder_cosine, measure_typical_norm, norm_warning, reconstruction_cosine, typical_norm,
 )
 from tiny import tiny_model, tiny_tokenizer

@@ -9,12 +9,13 @@ from click.testing import CliRunner
 
 from polysteer import PolysteerError, registry
 from polysteer.cli import get_cli, main
-from polysteer.modalities.text.detect import DetectorScore, score_texts, text_activations
-from polysteer.plugins.detect import (
+from polysteer.modalities.text.detect import score_texts, text_activations
+from polysteer.modalities.text.evaluators.detector import DetectorScore
+from polysteer.plugins.detection.scoring import (
     DirectionDetector, FeatureDetector, FinderDetector, TokenActivations, best_f1_threshold, detection_metrics,
     feature_codes, pool_tokens,
 )
-from polysteer.plugins.sae import SAE
+from polysteer.plugins.sae.model import SAE
 from tiny import tiny_model, tiny_tokenizer
 
 HP = "text.blocks.1.resid_post"

@@ -53,8 +53,8 @@ def installed(tmp_path_factory):
     return target
 
 
-def run(code, target):
-    env = {"PYTHONPATH": str(target), "PATH": ""}
+def run(code, target, **env_vars):
+    env = {"PYTHONPATH": str(target), "PATH": "", **env_vars}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
@@ -72,3 +72,23 @@ def test_example_plugin_listed_by_cli(installed):
     result = run("from polysteer.cli import main; main(['plugins'])", installed)
     assert result.returncode == 0, result.stderr
     assert "example\n  direction_finders: trimmed-mean-diff\n  modalities: gru-lm" in result.stdout
+
+
+LOADED = ("from polysteer import manager; manager.load_plugins(); "
+          "print(sorted(manager.pm.get_name(p) for p in manager.pm.get_plugins()))")
+BUILTINS = ["polysteer.modalities.music", "polysteer.modalities.text", "polysteer.modalities.vision_language",
+            "polysteer.plugins.finders", "polysteer.plugins.operators", "polysteer.plugins.rfm",
+            "polysteer.plugins.sae", "polysteer.plugins.schedules"]
+
+
+@pytest.mark.parametrize("restrict, expected", [
+    (None, sorted(BUILTINS + ["example"])),
+    ("", BUILTINS),
+    ("example", sorted(BUILTINS + ["example"])),
+    ("other-plugin", BUILTINS),
+])
+def test_load_restriction_env_var_applies_to_third_party_plugins_only(installed, restrict, expected):
+    env = {} if restrict is None else {"POLYSTEER_LOAD_PLUGINS": restrict}
+    result = run(LOADED, installed, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(expected)

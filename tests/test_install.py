@@ -11,7 +11,7 @@ def test_installed_package_imports_without_the_repo(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True)
-    code = ("import sys, polysteer, polysteer.plugins.finders, polysteer.modalities.text; "
+    code = ("import sys, polysteer, polysteer.plugins.finders.linear, polysteer.modalities.text; "
             "from polysteer import registry; "
             "assert not any(p.rstrip('/') == %r for p in sys.path); "
             "print(polysteer.__file__); print(polysteer.modalities.text.__file__); "

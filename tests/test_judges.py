@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from polysteer.modalities.text.judges import KeywordJudge, Perplexity
+from polysteer.modalities.text.evaluators.judges import KeywordJudge, Perplexity
 
 
 def test_batched_perplexity_matches_single_rows_and_the_manual_loss(llama, tokenizer):

@@ -8,16 +8,16 @@ import torch
 from click.testing import CliRunner
 
 from polysteer import Direction, PolysteerError, registry, steer
-from polysteer.modalities.text import judges
-from polysteer.modalities.text.consistency import (
+from polysteer.modalities.text.evaluators import judges
+from polysteer.modalities.text.evaluators.consistency import (
     Consistency, ParaphraseGroup, is_correct, normalize_answer, read_paraphrase_groups,
 )
-from polysteer.modalities.text.sae_guided import (
+from polysteer.modalities.text.sae.guided import (
     ConsistencyResult, agreeing_groups, fit_lf_steering, paraphrase_prompts,
 )
-from polysteer.modalities.text.sae_guided_cli import lf
-from polysteer.plugins.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
-from polysteer.plugins.sae import SAE
+from polysteer.modalities.text.cli.sae_guided import lf
+from polysteer.plugins.sae.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
+from polysteer.plugins.sae.model import SAE
 
 HP = "text.blocks.1.resid_post"
 D = 32

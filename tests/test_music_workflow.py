@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from polysteer.finder import MUSICRFM_POWER, layer_weights
+from polysteer.plugins.rfm import MUSICRFM_POWER, layer_weights
 import torch
 from click.testing import CliRunner
 

@@ -3,7 +3,7 @@
 import pytest
 
 from polysteer import PolysteerError, registry
-from polysteer.modalities.text.rubric import (
+from polysteer.modalities.text.evaluators.rubric import (
     AxBenchScore, ConceptScore, FluencyScore, InstructionScore, Thresholds, calibrate, harmonic_mean,
     repetition_penalty,
 )

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from polysteer import Direction, Intervention, PolysteerError, make_finder, registry, steer
-from polysteer.plugins.sae import SAE
-from polysteer.plugins.sae_steer import (
+from polysteer.plugins.sae.model import SAE
+from polysteer.plugins.sae.steer import (
     FEATURE_KEY, SAEClamp, feature_activation, feature_direction, feature_plan, flow_chain, flow_plan,
     match_features,
 )

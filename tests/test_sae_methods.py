@@ -9,12 +9,12 @@ from click.testing import CliRunner
 
 from polysteer import Direction, PolysteerError
 from polysteer.modalities.text.generation import format_prompt
-from polysteer.modalities.text.sae_cli import explain, sae
-from polysteer.modalities.text.sae_corrsteer import (
+from polysteer.modalities.text.cli.sae import explain, sae
+from polysteer.modalities.text.sae.corrsteer import (
     StreamingPearson, _record_generated, corrsteer, corrsteer_plan, side_effect_ratio,
 )
-from polysteer.modalities.text.sae_ts import fit_effect_model, measure_effects, scale_for_loss
-from polysteer.plugins.sae import SAE
+from polysteer.modalities.text.sae.ts import fit_effect_model, measure_effects, scale_for_loss
+from polysteer.plugins.sae.model import SAE
 from tiny import WORDS
 
 HP = "text.blocks.1.resid_post"
@@ -101,7 +101,7 @@ def test_measured_effect_is_zero_without_steering_and_grows_with_it(llama, token
 
 def test_scale_for_loss_hits_the_target(llama):
     from polysteer.engine import Intervention
-    from polysteer.modalities.text.sae_train import lm_loss
+    from polysteer.modalities.text.sae.lm_loss import lm_loss
 
     sharp = copy.deepcopy(llama)  # peaked predictions, read on its own greedy text: steering raises the loss
     with torch.no_grad():

@@ -8,10 +8,11 @@ import torch
 from polysteer import PolysteerError
 from polysteer.capture import capture
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.sae_corpus import token_windows
-from polysteer.modalities.text.sae_store import ActivationStore
-from polysteer.modalities.text.sae_train import TrainConfig, _Trainer, evaluate_sae, spliced_loss, train_sae
-from polysteer.plugins.sae import SAE
+from polysteer.modalities.text.sae.corpus import token_windows
+from polysteer.modalities.text.sae.store import ActivationStore
+from polysteer.modalities.text.sae.lm_loss import spliced_loss
+from polysteer.plugins.sae.trainer import TrainConfig, _Trainer, evaluate_sae, train_sae
+from polysteer.plugins.sae.model import SAE
 from tiny import WORDS
 
 HP = "text.blocks.1.resid_post"
@@ -122,7 +123,7 @@ def test_spliced_loss_is_zero_for_a_perfect_sae_and_positive_for_a_bad_one(store
 
 
 def test_attention_sink_outliers_are_left_out(store, trained):
-    from polysteer.plugins.sae_steer import SAEReconstruct
+    from polysteer.plugins.sae.steer import SAEReconstruct
 
     sae, metrics = trained
     assert metrics["outlier_fraction"] == 0.0 and sae.metadata["max_norm"] > 0

@@ -7,13 +7,13 @@ import torch
 from click.testing import CliRunner
 
 from polysteer import Direction, PolysteerError, make_finder, registry
-from polysteer.modalities.text.instructions import (
+from polysteer.modalities.text.evaluators.instructions import (
     InstructionFollowing, ends_with_question, is_all_capitals, is_french, is_short, read_instructions,
 )
-from polysteer.modalities.text.sae_guided import fit_saif, saif_prompts
-from polysteer.modalities.text.sae_guided_cli import saif
-from polysteer.plugins.sae import SAE
-from polysteer.plugins.saif import SAIF
+from polysteer.modalities.text.sae.guided import fit_saif, saif_prompts
+from polysteer.modalities.text.cli.sae_guided import saif
+from polysteer.plugins.sae.model import SAE
+from polysteer.plugins.sae.saif import SAIF
 
 HP = "text.blocks.1.resid_post"
 D = 32

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 from polysteer import Direction, Intervention, PolysteerError, make_finder, registry, steer
 from polysteer.cli import get_cli, main
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.trained import TrainedVector
-from polysteer.modalities.text.trained_data import TrainRow
-from polysteer.modalities.text.trained_objectives import Supervised, contrast_penalty
-from polysteer.plugins.gated import GatedAdd, LearnedAdd
+from polysteer.modalities.text.trained.finder import TrainedVector
+from polysteer.modalities.text.trained.data import TrainRow
+from polysteer.modalities.text.trained.objectives import Supervised, contrast_penalty
+from polysteer.plugins.operators.gated import GatedAdd, LearnedAdd
 from tiny import tiny_model, tiny_tokenizer
 
 MODEL_FINDERS = sorted(n for n, item in registry("direction_finders").items.items() if getattr(item, "needs_model", 0))

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
-from polysteer.finder import layer_weights, make_finder
+from polysteer.finder import make_finder
+from polysteer.plugins.rfm import layer_weights
 from polysteer.hookpoints import hook_point
 from polysteer.manager import registry
 from polysteer.modalities.music import synth

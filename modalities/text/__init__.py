@@ -10,12 +10,22 @@ def register_modalities(register):
 
 
 @hookimpl
+def register_direction_finders(register):
+    from polysteer.modalities.text.trained.finder import TrainedVector
+
+    register(TrainedVector)
+
+
+@hookimpl
 def register_evaluators(register):
-    from polysteer.modalities.text.judges import ConceptSimilarity, KeywordJudge, Perplexity
-    from polysteer.modalities.text.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
+    from polysteer.modalities.text.evaluators.consistency import Consistency
+    from polysteer.modalities.text.evaluators.detector import DetectorScore
+    from polysteer.modalities.text.evaluators.instructions import InstructionFollowing
+    from polysteer.modalities.text.evaluators.judges import ConceptSimilarity, KeywordJudge, Perplexity
+    from polysteer.modalities.text.evaluators.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 
     for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity, ConceptScore, InstructionScore, FluencyScore,
-                      AxBenchScore):
+                      AxBenchScore, DetectorScore, Consistency, InstructionFollowing):
         register(evaluator)
 
 

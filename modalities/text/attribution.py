@@ -23,7 +23,7 @@ import torch
 from polysteer.engine import Intervention, Plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.trained_data import frozen, prompt_ids
+from polysteer.modalities.text.trained.data import frozen, prompt_ids
 from polysteer.operator import Operator
 
 

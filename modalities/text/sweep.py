@@ -1,26 +1,21 @@
-"""``polysteer sweep``: coefficients x layers on a prompt set, scored for concept and fluency.
+"""Sweeps of coefficients x layers on a prompt set, scored for concept and fluency, as a table and a plot.
 
 Every coefficient of one prompt chunk runs as a single batched generate (one row per coefficient).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import click
 import torch
 from tqdm.auto import tqdm
 
-from polysteer.data import read_lines
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
 from polysteer.io import atomic_write, write_text_atomic
 from polysteer.modalities.text.generation import generate
-from polysteer.modalities.text.judges import ConceptSimilarity, KeywordJudge, Perplexity, distinct_ratio
+from polysteer.modalities.text.evaluators.judges import ConceptSimilarity, KeywordJudge, Perplexity, distinct_ratio
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.presets import EVAL_PROMPTS
 
 
 def sweep_direction(model, tokenizer, direction: Direction, prompts, coefs, hook_points, max_new_tokens=48,
@@ -100,48 +95,3 @@ def plot(table: list[dict], path: Path, score_key: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-
-
-@click.command()
-@click.option("--model", "model_name", default="smollm2", show_default=True)
-@click.option("-d", "--direction", "direction_path", required=True, type=click.Path())
-@click.option("--prompts-file", type=click.Path(), help="One prompt per line (default: 20 built-in neutral prompts).")
-@click.option("--coefs", default="0,1,2,4,6", show_default=True, help="Comma-separated coefficients.")
-@click.option("--layers", help="Hook-point layers to sweep (default: every layer in the file).")
-@click.option("--concept", help="Concept description for the MiniLM similarity judge.")
-@click.option("--keywords", help="Comma-separated concept keywords.")
-@click.option("--max-new-tokens", default=48, show_default=True)
-@click.option("--rank-layers", type=click.Choice(["none", "attribution"]), default="none", show_default=True,
-              help="attribution: rank the file's layers by gradient attribution of --keywords, sweep the best.")
-@click.option("--top-layers", default=1, show_default=True, help="With --rank-layers: how many layers to sweep.")
-@click.option("--force", is_flag=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for sweep.md, sweep.json, sweep.png.")
-def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keywords, max_new_tokens, rank_layers,
-          top_layers, force, output):
-    """Sweep coefficients x layers; write a table and a concept-vs-fluency plot."""
-    if not concept and not keywords:
-        raise PolysteerError("give --concept DESCRIPTION and/or --keywords a,b,c to score the concept")
-    model, tokenizer = load_text_model(model_name)
-    direction = Direction.load(direction_path)
-    modality = TextModality()
-    direction.check_model(modality.identity(model), modality.d_model(model, direction.hook_points[0]), force)
-    points = direction.hook_points if not layers else [
-        hp for hp in direction.hook_points if str(int(hp.split(".")[2])) in layers.split(",")]
-    if not points:
-        raise PolysteerError(f"none of layers {layers} is in the direction file ({', '.join(direction.hook_points)})")
-    prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
-    if rank_layers == "attribution":
-        from polysteer.modalities.text.attribution_cli import attribution_points
-
-        points = attribution_points(model, tokenizer, direction, prompts, keywords and keywords.split(","), points,
-                                    top_layers)
-    coef_list = [float(c) for c in coefs.split(",")]
-    rows = sweep_direction(model, tokenizer, direction, prompts, coef_list, points, max_new_tokens)
-    table = summarize(score_rows(rows, model, tokenizer, concept, keywords.split(",") if keywords else None))
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "sweep.json", json.dumps(rows, indent=1))
-    write_text_atomic(out / "sweep.md", markdown_table(table))
-    plot(table, out / "sweep.png", "concept" if concept else "keyword")
-    click.echo(markdown_table(table))
-    click.echo(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

@@ -9,7 +9,7 @@ from polysteer.direction import Direction
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import hook_point, parse_layers
 from polysteer.modalities.text.generation import Example, collect, generate, persona_answers
-from polysteer.modalities.text.judges import KeywordJudge
+from polysteer.modalities.text.evaluators.judges import KeywordJudge
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.presets import EVAL_PROMPTS, TRAIN_QUESTIONS, PersonaPair
 

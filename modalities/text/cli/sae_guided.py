@@ -1,0 +1,107 @@
+"""``polysteer sae lf`` and ``polysteer sae saif``, and the consistency / instruction-following evaluators."""
+
+from __future__ import annotations
+
+import click
+
+
+model_option = click.option("--model", "model_name", default="smollm2", show_default=True,
+                            help="HF model path or id; 'smollm2' is the embedded default.")
+sae_option = click.option("--sae", "sae_path", type=click.Path(),
+                          help="SAE folder; its hook_name is where activations are read and steering applies "
+                               "(default: the shipped SmolLM2 SAE, block 12).")
+position_option = click.option("--position", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+                               help="Pool the last prompt token (chat template) or the mean over the plain prompt.")
+output_option = click.option("-o", "--output", required=True, type=click.Path(),
+                             help="Direction file to write (.safetensors).")
+
+
+@click.command(name="lf")
+@model_option
+@sae_option
+@click.option("--groups", "groups_path", required=True, type=click.Path(),
+              help='JSON list of {"answer", "paraphrases": [...]} groups (see benchmarks/data/paraphrase_groups.json).')
+@click.option("--top-k", type=int, default=8, show_default=True, help="Latents biased at most.")
+@click.option("--mode", type=click.Choice(["pull", "shift"]), default="pull", show_default=True,
+              help="pull: towards the agreeing groups' mean activation; shift: a constant bias.")
+@click.option("--agreement", type=click.Choice(["exact", "contains", "similarity"]), default="contains",
+              show_default=True, help="How two answers agree (see polysteer.modalities.text.evaluators.consistency).")
+@click.option("--agree-threshold", default="1", show_default=True,
+              help="A group agrees when its mean pairwise agreement reaches this; 'median': groups above the median.")
+@click.option("--coefficient", type=float, default=1.0, show_default=True, help="Default steering strength c.")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--suffix", default="Answer in a few words.", show_default=True,
+              help="Text appended to every paraphrase, so answers are short enough to compare.")
+@position_option
+@output_option
+def lf(model_name, sae_path, groups_path, top_k, mode, agreement, agree_threshold, coefficient, max_new_tokens,
+       suffix, position, output):
+    """LF-Steering: bias the SAE latents that vary within paraphrase groups whose answers disagree."""
+    from polysteer.modalities.text.evaluators.consistency import Consistency, read_paraphrase_groups
+    from polysteer.modalities.text.models import load_text_model
+    from polysteer.modalities.text.cli.sae import _sae_path
+    from polysteer.modalities.text.sae.guided import fit_lf_steering
+
+    groups = read_paraphrase_groups(groups_path)
+    threshold = _threshold(agree_threshold)
+    path = _sae_path(sae_path)
+    model, tokenizer = load_text_model(model_name)
+    direction, finder, base = fit_lf_steering(
+        model, tokenizer, groups, path, top_k, mode, agree_threshold=threshold, position=position,
+        coefficient=coefficient, judge=Consistency(agreement), max_new_tokens=max_new_tokens, suffix=suffix)
+    direction.save(output)
+    click.echo(f"unsteered consistency {base.consistency:.3f}, accuracy {base.accuracy:.3f} over {len(groups)} groups")
+    scores = [round(s, 3) for s in finder.scores_[finder.latents_].tolist()]
+    click.echo(f"latents {finder.latents_.tolist()} (scores {scores})")
+    click.echo(f"wrote {output}: sae_bias ({mode}) at {direction.hook_points[0]}; "
+               f"apply with `polysteer generate -d {output}@C`")
+
+
+def _threshold(text: str) -> float | None:
+    from polysteer.errors import PolysteerError
+
+    if text == "median":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise PolysteerError(f"--agree-threshold must be a number in [0, 1] or 'median', got {text!r}") from None
+
+
+@click.command(name="saif")
+@model_option
+@sae_option
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help='JSON {"contents": [...], "instructions": {name: {"check", "wordings"}}} '
+                   "(see benchmarks/data/saif_instructions.json).")
+@click.option("--instruction", required=True, help="Instruction name in the data file, e.g. french.")
+@click.option("--top-k", type=int, default=10, show_default=True, help="Latents summed at most.")
+@click.option("--min-fraction", type=float, default=0.9, show_default=True,
+              help="A latent must rise in this fraction of [content + instruction] / [content] pairs.")
+@position_option
+@output_option
+def saif(model_name, sae_path, data_path, instruction, top_k, min_fraction, position, output):
+    """SAIF: sum the SAE latents an instruction consistently switches on into a steering vector.
+
+    SAIF steers best at a late layer: train an SAE there first, e.g. `polysteer sae train --layer 26 -o sae-L26`,
+    then pass `--sae sae-L26`.
+    """
+    from polysteer.errors import PolysteerError
+    from polysteer.modalities.text.evaluators.instructions import read_instructions
+    from polysteer.modalities.text.models import load_text_model
+    from polysteer.modalities.text.cli.sae import _sae_path
+    from polysteer.modalities.text.sae.guided import fit_saif
+
+    data = read_instructions(data_path)
+    if instruction not in data.instructions:
+        raise PolysteerError(f"{data_path} has no instruction {instruction!r}; it has {', '.join(data.instructions)}")
+    chosen = data.instructions[instruction]
+    path = _sae_path(sae_path)
+    model, tokenizer = load_text_model(model_name)
+    direction, finder = fit_saif(model, tokenizer, data.contents, chosen.wordings, path, top_k, min_fraction,
+                                 position, {"instruction": instruction, "check": chosen.check})
+    direction.save(output)
+    activations = [round(a, 2) for a in finder.activations_.tolist()]
+    click.echo(f"latents {finder.latents_.tolist()} (mean activation {activations})")
+    click.echo(f"wrote {output}: SAIF vector (norm {finder.scale_:.2f}) at {direction.hook_points[0]}; "
+               f"apply with `polysteer generate -d {output}@1`")

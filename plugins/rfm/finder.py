@@ -1,0 +1,260 @@
+"""Recursive Feature Machine (RFM): a kernel ridge probe that learns its own features (MusicRFM; Radhakrishnan,
+Beaglehole et al.).
+
+Each round fits kernel ridge with the Laplace-like kernel ``exp(-||x - z||_M^p / L^p)``, measures the
+validation AUC, and replaces ``M`` by the normalised average gradient outer product (AGOP) of the fitted
+predictor. The round with the best validation AUC is kept: its AGOP's top eigenvectors are the steering
+directions and its predictor is a nonlinear concept probe (:meth:`RFM.decision_function`).
+One-vs-rest multiclass is in :mod:`polysteer.plugins.rfm.multi`; layer ranking and MusicRFM layer weights in :mod:`polysteer.plugins.rfm.layers`.
+
+Large training sets: above ``max_samples`` training points, the default subsamples them (stratified,
+seeded) to ``max_samples`` and solves exactly, so time and memory stay those of ``max_samples`` points
+(three ``[max_samples, max_samples]`` float64 matrices, 400 MiB at 4096). With ``nystrom=True`` the ridge
+is instead solved by Nystrom on ``max_samples`` centres drawn from the training points: every label
+enters the fit and the AGOP is taken at every training point, in memory-bounded blocks, for a cost of
+``O(n max_samples^2)`` per round. The validation set is never subsampled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from polysteer.errors import PolysteerError
+from polysteer.finder import DirectionFinder, check_inputs, finish_direction
+from polysteer.plugins.rfm.kernels import LaplaceKernel, Points, agop, predict, solve_exact, solve_nystrom
+
+
+@dataclass
+class _Round:
+    """One RFM round: the predictor (kernel metric + coefficients), its validation scores and its AGOP."""
+
+    iteration: int
+    auc: float
+    mse: float
+    metric: torch.Tensor
+    alpha: torch.Tensor
+    agop: torch.Tensor
+
+    def beats(self, other: "_Round | None") -> bool:
+        """Higher AUC wins, then lower MSE; ties go to the later round, whose features are more refined."""
+        if other is None or math.isnan(self.auc):
+            return True
+        return (self.auc, -self.mse) >= (other.auc, -other.mse)
+
+
+class RFM(DirectionFinder):
+    """Recursive Feature Machine finder and probe.
+
+    Args:
+        bandwidth: Kernel bandwidth ``L``, in the units of the activations.
+        p: Distance exponent; published range 0.7-1.4, and ``0 < p <= 2`` keeps the kernel positive definite.
+        reg: Ridge ``lambda`` added to the kernel matrix.
+        iters: Maximum number of rounds (fit, validate, AGOP update); 8-30 in the papers.
+        centre_grads: Remove the mean gradient before the AGOP. Leave off for linear concepts, whose
+            gradients are nearly constant and would cancel.
+        k: Number of top eigenvectors of ``M`` kept in ``directions_``.
+        val_fraction: Share of each class held out for validation AUC (early stopping, round selection and
+            layer ranking). 0 uses every row for training and keeps the last round.
+        early_stop: Stop when the validation AUC falls below the best AUC divided by this factor (xRFM's rule).
+        max_samples: Training sets larger than this are subsampled to this many points, or with
+            ``nystrom`` solved by Nystrom on this many centres.
+        nystrom: Use every training point (Nystrom) instead of a subsample above ``max_samples``.
+        seed: Seed of the stratified validation split and of the subsample or Nystrom centres.
+
+    Attributes:
+        direction_: Unit steering vector, the top eigenvector of ``M_``, oriented so positives project higher.
+        directions_: ``[k, d]`` top eigenvectors of ``M_``, each oriented by the sign of corr(y, X v).
+        eigenvalues_: ``[k]`` their eigenvalues, largest first.
+        M_: ``[d, d]`` feature matrix: the AGOP of the selected predictor, scaled to ``max |M| = 1``.
+        metric_: ``[d, d]`` the ``M`` inside the selected predictor's kernel.
+        centres_, alpha_: The selected predictor ``f(x) = sum_j alpha_j k(x, centres_j)``.
+        centre_norms_: ``[m]`` squared ``metric_`` norms of the centres, kept so scoring a few rows is cheap.
+        val_auc_: Validation AUC of the selected round (NaN without validation).
+        val_aucs_: Validation AUC of every round run.
+        best_iter_: Index of the selected round.
+        scale_: Separation of the class means along ``direction_``.
+        class_counts_: (positives, negatives) fitted on.
+    """
+
+    name = "rfm"
+
+    def __init__(
+        self,
+        bandwidth: float = 10.0,
+        p: float = 1.0,
+        reg: float = 1e-3,
+        iters: int = 10,
+        centre_grads: bool = False,
+        k: int = 8,
+        val_fraction: float = 0.2,
+        early_stop: float = 1.1,
+        max_samples: int = 4096,
+        nystrom: bool = False,
+        seed: int = 0,
+    ):
+        self.bandwidth = bandwidth
+        self.p = p
+        self.reg = reg
+        self.iters = iters
+        self.centre_grads = centre_grads
+        self.k = k
+        self.val_fraction = val_fraction
+        self.early_stop = early_stop
+        self.max_samples = max_samples
+        self.nystrom = nystrom
+        self.seed = seed
+
+    def fit(self, X_pos, X_neg) -> "RFM":
+        """Run the RFM rounds on positives (label +1) and negatives (label -1) and keep the best round."""
+        X_pos, X_neg = check_inputs(X_pos, X_neg)
+        self._check_params()
+        X = torch.cat([X_pos, X_neg]).double()
+        y = torch.cat([torch.ones(len(X_pos)), -torch.ones(len(X_neg))]).double()
+        train, val, centres = self._split(len(X_pos), len(X_neg))
+        best = self._run_rounds(X[train], y[train], X[val], y[val], X[centres])
+        self.M_, self.metric_ = best.agop.float(), best.metric.float()
+        self.centres_, self.alpha_ = X[centres].float(), best.alpha
+        self.centre_norms_ = self._kernel().embed(self.centres_.double()).sq
+        self.val_auc_, self.best_iter_ = best.auc, best.iteration
+        self.class_counts_ = (len(X_pos), len(X_neg))
+        self._set_directions(X_pos, X_neg)
+        return self
+
+    def _check_params(self) -> None:
+        checks = [
+            (self.bandwidth > 0, "bandwidth must be > 0"),
+            (0 < self.p <= 2, "p must be in (0, 2] for a positive definite kernel (papers use 0.7-1.4)"),
+            (self.reg > 0, "reg must be > 0 (try 1e-3)"),
+            (int(self.iters) >= 1 and int(self.k) >= 1, "iters and k must be >= 1"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.early_stop >= 1, "early_stop must be >= 1 (1.1 stops when AUC drops below best / 1.1)"),
+            (int(self.max_samples) >= 2, "max_samples must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PolysteerError(f"bad RFM parameter: {message}")
+
+    def _split(self, n_pos: int, n_neg: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stratified (train, val, centres) row indices; the training rows are the centres unless
+        ``nystrom`` (they differ only above ``max_samples``).
+
+        Each class is permuted by a generator seeded only with ``seed``, so swapping the classes swaps
+        the labels and nothing else (the sign-flip property is exact).
+        """
+        sizes = (n_pos, n_neg)
+        n_vals = [self._n_val(n) for n in sizes]
+        share = min(1.0, self.max_samples / (sum(sizes) - sum(n_vals)))
+        train, val, centres = [], [], []
+        for offset, n, n_val in zip((0, n_pos), sizes, n_vals):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)) + offset
+            val.append(perm[:n_val])
+            train.append(perm[n_val:])
+            centres.append(perm[n_val:][: max(1, round(share * (n - n_val)))])
+        centres = torch.cat(centres)
+        return (torch.cat(train) if self.nystrom else centres), torch.cat(val), centres
+
+    def _n_val(self, n: int) -> int:
+        if self.val_fraction == 0:
+            return 0
+        if n < 2:
+            raise PolysteerError(
+                f"RFM holds out {self.val_fraction:.0%} of each class for validation but a class has {n} "
+                "example; give at least 2 examples per class or set val_fraction=0"
+            )
+        return min(n - 1, max(1, round(self.val_fraction * n)))
+
+    def _run_rounds(self, X_tr, y_tr, X_val, y_val, C) -> _Round:
+        metric = torch.eye(X_tr.shape[1], dtype=torch.float64)
+        best, self.val_aucs_ = None, []
+        for iteration in tqdm(range(int(self.iters)), desc="rfm", leave=False, disable=None):
+            kernel = LaplaceKernel(metric, self.bandwidth, self.p)
+            train = kernel.embed(X_tr)
+            centres = train if len(C) == len(X_tr) else kernel.embed(C)
+            alpha, G = self._fit_round(kernel, train, y_tr, centres)
+            auc, mse = _validate(kernel, centres, alpha, X_val, y_val)
+            peak = G.abs().max()
+            if not torch.isfinite(peak) or peak == 0:
+                break  # a constant predictor has no features to learn from
+            current = _Round(iteration, auc, mse, metric, alpha, G / peak)
+            self.val_aucs_.append(auc)
+            best = current if current.beats(best) else best
+            if auc < best.auc / self.early_stop:
+                break
+            metric = current.agop
+        if best is None:
+            raise PolysteerError(
+                "RFM's predictor is constant (zero gradients); lower reg or raise the bandwidth so the "
+                "kernel sees neighbouring points"
+            )
+        return best
+
+    def _fit_round(self, kernel, train: Points, y_tr, centres: Points) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel ridge coefficients (exact, or Nystrom on the centres) and the AGOP at the training points."""
+        if centres is train:
+            alpha, radial = solve_exact(kernel, train, y_tr, self.reg)
+            return alpha, agop(kernel, train, train, alpha, self.centre_grads, radial)
+        alpha = solve_nystrom(kernel, train, y_tr, centres, self.reg)
+        return alpha, agop(kernel, train, centres, alpha, self.centre_grads)
+
+    def _set_directions(self, X_pos: torch.Tensor, X_neg: torch.Tensor) -> None:
+        """Top-k eigenvectors of ``M_``; the sign of corr(y, X v) equals the sign of the class-mean gap."""
+        k = min(int(self.k), self.M_.shape[0])
+        values, vectors = torch.linalg.eigh(self.M_.double())
+        top = vectors[:, -k:].flip(1).T.float()
+        signs = torch.sign((X_pos.mean(0) - X_neg.mean(0)) @ top.T)
+        self.directions_ = top * torch.where(signs == 0, 1.0, signs)[:, None]
+        self.eigenvalues_ = values[-k:].flip(0).float()
+        self.direction_, self.scale_ = finish_direction(self.directions_[0], X_pos, X_neg)
+
+    def decision_function(self, X) -> torch.Tensor:
+        """The probe's output ``f(x)`` for each row (about +1 for positives, -1 for negatives)."""
+        X = self._check_X(X)
+        kernel = self._kernel()
+        centres = Points(self.centres_.double(), None, self.centre_norms_)
+        return predict(kernel, kernel.embed(X), centres, self.alpha_).float()
+
+    def _kernel(self) -> LaplaceKernel:
+        """The selected predictor's kernel, as stored (the metric rounded to float32)."""
+        return LaplaceKernel(self.metric_.double(), self.bandwidth, self.p)
+
+    def predict_proba(self, X) -> torch.Tensor:
+        """P(positive | x) per row.
+
+        The ridge regresses +-1 labels, so ``(f + 1) / 2`` is a least-squares estimate of the
+        probability; it is clipped to [0, 1].
+        """
+        return ((self.decision_function(X) + 1) / 2).clamp(0.0, 1.0)
+
+    def predict(self, X) -> torch.Tensor:
+        """1 for rows the probe calls positive, else 0."""
+        return (self.decision_function(X) > 0).long()
+
+    def score(self, X) -> torch.Tensor:
+        """Concept score of each row: the probe's output, which also ranks concepts that no single
+        projection separates (use ``X @ direction_`` for the linear score)."""
+        return self.decision_function(X)
+
+    def _check_X(self, X) -> torch.Tensor:
+        if not hasattr(self, "alpha_"):
+            raise PolysteerError("this RFM is not fitted yet; call fit(X_pos, X_neg) first")
+        X = torch.as_tensor(X).double()
+        X = X.unsqueeze(0) if X.ndim == 1 else X
+        if X.ndim != 2 or X.shape[1] != self.centres_.shape[1]:
+            raise PolysteerError(
+                f"RFM was fitted on d_model {self.centres_.shape[1]} but got activations of shape "
+                f"{tuple(X.shape)}; capture from the same hook point"
+            )
+        return X
+
+
+def _validate(kernel: LaplaceKernel, C: Points, alpha, X_val, y_val) -> tuple[float, float]:
+    """Validation (AUC, MSE) of the predictor; NaN when there is no validation set."""
+    if len(X_val) == 0:
+        return math.nan, math.nan
+    f = predict(kernel, kernel.embed(X_val), C, alpha)
+    return float(roc_auc_score((y_val > 0).numpy(), f.numpy())), float(((f - y_val) ** 2).mean())

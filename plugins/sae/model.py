@@ -1,0 +1,243 @@
+"""Sparse autoencoders: the SAE module (ReLU, TopK, JumpReLU) and the SAELens on-disk format.
+
+``z = act(W_enc^T (h - b_dec) + b_enc)``, ``h_hat = W_dec^T z + b_dec``, ``error = h - h_hat``. A directory
+holds ``cfg.json`` and ``sae_weights.safetensors`` with keys ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
+``b_enc [d_sae]``, ``b_dec [d_in]`` and, for JumpReLU, ``threshold [d_sae]`` (SAELens' layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from polysteer.capture import write_safetensors_atomic
+from polysteer.errors import PolysteerError
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+STATS_FILE = "feature_stats.safetensors"
+_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder over ``d_in``-dimensional activations with ``d_sae`` latents.
+
+    Args:
+        d_in: width of the activations (the hook point's d_model).
+        d_sae: number of latents.
+        architecture: ``standard`` (ReLU), ``topk`` (keep the ``k`` largest, then ReLU) or ``jumprelu``
+            (keep pre-activations above a learned per-latent ``threshold``).
+        k: latents kept per token for ``topk``.
+        apply_b_dec_to_input: subtract ``b_dec`` before encoding (SAELens' flag).
+        metadata: free-form provenance written to ``cfg.json`` (hook point, model, training metrics).
+    """
+
+    def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = 32,
+                 apply_b_dec_to_input: bool = True, metadata: dict[str, Any] | None = None):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise PolysteerError(f"unknown SAE architecture {architecture!r}; expected one of {ARCHITECTURES}")
+        if architecture == "topk" and not (k and 0 < k <= d_sae):
+            raise PolysteerError(f"a TopK SAE needs 0 < k <= d_sae ({d_sae}), got k={k}")
+        self.d_in, self.d_sae, self.architecture = int(d_in), int(d_sae), architecture
+        self.k = int(k) if architecture == "topk" else None
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.metadata = dict(metadata or {})
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.threshold = nn.Parameter(torch.zeros(d_sae)) if architecture == "jumprelu" else None
+        self.reset_parameters()
+
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Unit-norm random decoder rows, encoder tied to the decoder's transpose (Gao et al.)."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.W_dec.copy_(torch.randn(self.d_sae, self.d_in, generator=generator))
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+            self.W_enc.copy_(self.W_dec.T)
+
+    def pre_activations(self, h: torch.Tensor) -> torch.Tensor:
+        """``W_enc^T (h - b_dec) + b_enc`` before the sparsifying activation."""
+        h = h.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            h = h - self.b_dec
+        return h @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """The sparsifying activation of the architecture."""
+        if self.architecture == "topk":
+            top = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+        if self.architecture == "jumprelu":
+            return pre * (pre > self.threshold)
+        return pre.relu()
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Latents ``[..., d_sae]`` of activations ``[..., d_in]``."""
+        self.check_width(h.shape[-1])
+        return self.activate(self.pre_activations(h))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``[..., d_in]`` of latents ``[..., d_sae]``."""
+        return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(h))
+
+    def error(self, h: torch.Tensor) -> torch.Tensor:
+        """What the SAE misses: ``h - decode(encode(h))``."""
+        return h - self(h).to(h.dtype)
+
+    def check_width(self, d_model: int, where: str = "the activations") -> None:
+        """Refuse activations of another width, naming both."""
+        if int(d_model) != self.d_in:
+            hook = self.metadata.get("hook_name", "its hook point")
+            raise PolysteerError(
+                f"SAE expects d_in {self.d_in} (trained on {hook}), but {where} have d_model {d_model}; "
+                "use an SAE trained on this model and hook point"
+            )
+
+    def config(self) -> dict[str, Any]:
+        """The SAELens-style ``cfg.json`` content (current and legacy activation keys)."""
+        activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[self.architecture]
+        cfg = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
+               "dtype": str(self.W_enc.dtype).removeprefix("torch."), "device": "cpu",
+               "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
+               "activation_fn_str": activation, "activation_fn_kwargs": {"k": self.k} if self.k else {},
+               "metadata": self.metadata}
+        if self.k:
+            cfg["k"] = self.k
+        for key in ("hook_name", "model_name"):
+            if key in self.metadata:
+                cfg[key] = self.metadata[key]
+        return cfg
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``cfg.json`` and ``sae_weights.safetensors`` into ``path``, each atomically."""
+        path = Path(path)
+        tensors = {name: p.detach().to(dtype or p.dtype).contiguous().cpu()
+                   for name, p in self.named_parameters()}
+        write_safetensors_atomic(path / WEIGHTS_FILE, tensors, {"format": "pt"})
+        cfg = self.config()
+        if dtype is not None:
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
+        _write_json_atomic(path / CFG_FILE, cfg)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> "SAE":
+        """Read an SAELens-format directory, with an error that names any missing or misshapen tensor."""
+        path = Path(path)
+        cfg = _read_cfg(path)
+        tensors = _read_weights(path)
+        architecture, k = _architecture(cfg, path)
+        d_in, d_sae = _dims(cfg, tensors, path)
+        sae = cls(d_in, d_sae, architecture, k, bool(cfg.get("apply_b_dec_to_input", True)),
+                  _metadata(cfg))
+        expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+        if architecture == "jumprelu":
+            expected["threshold"] = (d_sae,)
+        missing = [key for key in expected if key not in tensors]
+        if missing:
+            raise PolysteerError(f"{path / WEIGHTS_FILE} lacks {missing}; an SAELens SAE has {sorted(expected)}")
+        for key, shape in expected.items():
+            if tuple(tensors[key].shape) != shape:
+                raise PolysteerError(f"{path / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, "
+                                     f"expected {shape} for d_in {d_in}, d_sae {d_sae}")
+        with torch.no_grad():
+            for key in expected:
+                getattr(sae, key).copy_(tensors[key].float())
+        return sae.to(dtype).eval()
+
+
+def _write_json_atomic(file: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    if not (path / CFG_FILE).is_file():
+        raise PolysteerError(f"{path} is not an SAE directory: it needs {CFG_FILE} and {WEIGHTS_FILE} (SAELens format)")
+    try:
+        return json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PolysteerError(f"{path / CFG_FILE} is not valid JSON ({exc.msg}); re-save the SAE") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise PolysteerError(f"{path} has {CFG_FILE} but no {WEIGHTS_FILE}; copy the weights file next to it")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PolysteerError(f"cannot read {file}: truncated or not a safetensors file ({exc})") from None
+
+
+def _architecture(cfg: dict[str, Any], path: Path) -> tuple[str, int | None]:
+    """The architecture and k, from SAELens' current (``architecture``) or legacy (``activation_fn_str``) keys."""
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    architecture = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str"),
+                                                                                       "standard")
+    if cfg.get("activation_fn_str") == "topk" and architecture == "standard":
+        architecture = "topk"
+    if architecture not in ARCHITECTURES:
+        raise PolysteerError(f"{path / CFG_FILE}: architecture {architecture!r} is not supported; "
+                             f"polysteer loads {ARCHITECTURES}")
+    norm = cfg.get("normalize_activations") or "none"
+    if norm != "none":
+        raise PolysteerError(f"{path / CFG_FILE}: normalize_activations={norm!r} is not supported; fold the "
+                             "normalisation into the weights and save with normalize_activations='none'")
+    k = cfg.get("k", kwargs.get("k"))
+    if architecture == "topk" and k is None:
+        raise PolysteerError(f"{path / CFG_FILE}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
+    return architecture, int(k) if architecture == "topk" else None
+
+
+def _dims(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
+    if "W_enc" in tensors and tensors["W_enc"].ndim == 2:
+        d_in, d_sae = tensors["W_enc"].shape
+    else:
+        d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+    if cfg.get("d_in") not in (None, d_in) or cfg.get("d_sae") not in (None, d_sae):
+        raise PolysteerError(f"{path}: cfg.json says d_in {cfg.get('d_in')}, d_sae {cfg.get('d_sae')} but W_enc is "
+                             f"[{d_in}, {d_sae}]; the config and weights come from different SAEs")
+    if d_in is None or d_sae is None:
+        raise PolysteerError(f"{path / WEIGHTS_FILE} lacks W_enc and cfg.json lacks d_in/d_sae")
+    return int(d_in), int(d_sae)
+
+
+def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(cfg.get("metadata") or {})
+    for key in ("hook_name", "model_name"):
+        if key in cfg:
+            meta.setdefault(key, cfg[key])
+    return meta
+
+
+def load_stats(path: "str | os.PathLike") -> dict[str, torch.Tensor] | None:
+    """The per-feature statistics saved next to an SAE (frequency, mean, max, output/input scores), or None."""
+    file = Path(path) / STATS_FILE
+    return load_file(str(file)) if file.is_file() else None
+
+
+def load_sae(sae: "SAE | str | os.PathLike") -> SAE:
+    """An SAE instance, loading it when given a directory."""
+    return sae if isinstance(sae, SAE) else SAE.load(sae)
