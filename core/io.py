@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -26,3 +27,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
+    """Write ``data`` as JSON (UTF-8) atomically; values JSON cannot hold are written as their ``str``."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, default=str))

@@ -20,6 +20,7 @@ from torch import nn
 
 from polysteer.capture import write_safetensors_atomic
 from polysteer.errors import PolysteerError
+from polysteer.io import write_json_atomic
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 CFG_FILE = "cfg.json"
@@ -99,6 +100,15 @@ class SAE(nn.Module):
         """What the SAE misses: ``h - decode(encode(h))``."""
         return h - self(h).to(h.dtype)
 
+    @property
+    def hook_point(self) -> str:
+        """Where the SAE reads (its cfg's ``hook_name``), or a clear error when the cfg names none."""
+        hp = self.metadata.get("hook_name")
+        if not hp:
+            raise PolysteerError("the SAE's cfg.json names no hook_name, so polysteer cannot tell where it reads; "
+                                 "add \"hook_name\": \"text.blocks.N.resid_post\" to it")
+        return hp
+
     def check_width(self, d_model: int, where: str = "the activations") -> None:
         """Refuse activations of another width, naming both."""
         if int(d_model) != self.d_in:
@@ -132,7 +142,7 @@ class SAE(nn.Module):
         cfg = self.config()
         if dtype is not None:
             cfg["dtype"] = str(dtype).removeprefix("torch.")
-        _write_json_atomic(path / CFG_FILE, cfg)
+        write_json_atomic(path / CFG_FILE, cfg)
         return path
 
     @classmethod
@@ -159,17 +169,6 @@ class SAE(nn.Module):
             for key in expected:
                 getattr(sae, key).copy_(tensors[key].float())
         return sae.to(dtype).eval()
-
-
-def _write_json_atomic(file: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:

@@ -50,9 +50,7 @@ def _feature_rows(model, tokenizer, prompts, keywords, sae_path, top) -> tuple[s
     from polysteer.plugins.sae.model import SAE
 
     sae = SAE.load(sae_path)
-    hp = sae.metadata.get("hook_name")
-    if not hp:
-        raise PolysteerError(f"{sae_path}/cfg.json names no hook_name; polysteer cannot tell where the SAE reads")
+    hp = sae.hook_point
     result = feature_attribution(model, tokenizer, prompts, keywords, hp, sae)
     return hp, [{"feature": j, "attribution": a, "effect": float(result.effect[j])} for j, a in result.top(top)]
 

@@ -47,9 +47,7 @@ def _feature_detector(feature: int, sae_path: str | None):
 
     path = Path(sae_path) if sae_path else SHIPPED_SAE
     sae = SAE.load(path)
-    hp = sae.metadata.get("hook_name")
-    if not hp:
-        raise PolysteerError(f"{path}/cfg.json names no hook_name; polysteer cannot tell where the SAE reads")
+    hp = sae.hook_point
     detector = FeatureDetector(sae, feature)
     return detector, hp, sae.metadata.get("max_norm"), {"kind": "sae-feature", "feature": feature, "sae": str(path)}
 

@@ -69,9 +69,7 @@ def feature(feature, sae_path, operator, coefficient, output):
 
     path = _sae_path(sae_path)
     model_sae = SAE.load(path)
-    hp = model_sae.metadata.get("hook_name")
-    if not hp:
-        raise PolysteerError(f"{path}/cfg.json names no hook_name; polysteer cannot tell where the feature applies")
+    hp = model_sae.hook_point
     feature_direction(model_sae, feature, hp, operator, coefficient, str(Path(path).resolve())).save(output)
     click.echo(f"wrote {output}: feature {feature} at {hp} ({operator})")
 
@@ -151,7 +149,7 @@ def _subject(model, sae_path, feature, direction_path):
         v = direction.vectors[hp].float()
         return v, hp, "add", lambda acts: acts @ (v / v.norm())
     loaded = SAE.load(_sae_path(sae_path))
-    hp = loaded.metadata.get("hook_name")
+    hp = loaded.hook_point
     loaded.check_width(modality.d_model(model, hp), "this model's activations")
     if not 0 <= feature < loaded.d_sae:
         raise PolysteerError(f"feature {feature} out of range: the SAE has {loaded.d_sae} latents")

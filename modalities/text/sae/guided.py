@@ -34,9 +34,7 @@ def prompt_examples(prompts: Sequence[str], position: str = "last") -> list[Exam
 
 
 def _sae_activations(model, tokenizer, sae: SAE, prompts: Sequence[str], position: str) -> tuple[str, torch.Tensor]:
-    hp = sae.metadata.get("hook_name")
-    if not hp:
-        raise PolysteerError("the SAE's cfg.json names no hook_name, so polysteer cannot tell which layer to read")
+    hp = sae.hook_point
     sae.check_width(TextModality().d_model(model, hp), "this model's activations")
     return hp, collect(model, tokenizer, prompt_examples(prompts, position), [hp])[hp]
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from polysteer.capture import cache_key, capture, write_safetensors_atomic
 from polysteer.errors import PolysteerError
+from polysteer.io import write_json_atomic
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.sae.corpus import token_windows
 
@@ -145,7 +146,4 @@ def _capture_windows(model, hook_point: str, windows: list[list[int]], skip: int
 
 def _write_manifest(path: Path, manifest: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-    os.replace(tmp, path / MANIFEST)
+    write_json_atomic(path / MANIFEST, manifest)
