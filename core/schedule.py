@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from polysteer.errors import PolysteerError
-
-Number = "int | float | torch.Tensor"
 
 
 class Schedule:

@@ -1,8 +1,8 @@
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,3 +44,14 @@ def smollm2():
 @pytest.fixture(autouse=True)
 def _no_plugin_restriction(monkeypatch):
     monkeypatch.delenv("POLYSTEER_LOAD_PLUGINS", raising=False)
+
+
+@pytest.fixture
+def invoke():
+    """Run the ``polysteer`` CLI in-process, ``invoke("find", "--model", path, ...)``; exceptions propagate."""
+    from polysteer.cli import get_cli
+
+    def run(*args):
+        return CliRunner().invoke(get_cli(), [str(a) for a in args], catch_exceptions=False)
+
+    return run

@@ -6,15 +6,21 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import tiny_model
 
 from polysteer import Direction, Intervention, Operator, PolysteerError, steer
 from polysteer.cli import get_cli
-from polysteer.modalities.text.attribution import (_left_padded, concept_score, concept_token_ids,
-                                                   feature_attribution, layer_attribution, rank_by_attribution,
-                                                   rank_direction_layers)
+from polysteer.modalities.text.attribution import (
+    _left_padded,
+    concept_score,
+    concept_token_ids,
+    feature_attribution,
+    layer_attribution,
+    rank_by_attribution,
+    rank_direction_layers,
+)
 from polysteer.modalities.text.modality import TextModality
 from polysteer.plugins.sae.model import SAE
-from tiny import tiny_model
 
 PROMPTS = ["tell me about the day", "what is the", "describe a park in the city", "my friend"]
 KEYWORDS = ["ocean", "sea", "fish"]
@@ -136,11 +142,7 @@ def test_no_hooks_left(llama, tokenizer):
     assert all(p.requires_grad and p.grad is None for p in llama.parameters())
 
 
-def invoke(*args):
-    return CliRunner().invoke(get_cli(), [str(a) for a in args], catch_exceptions=False)
-
-
-def test_sweep_rank_layers_attribution(model_dir, tmp_path):
+def test_sweep_rank_layers_attribution(model_dir, tmp_path, invoke):
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"positive": f"the ocean and the sea {w}", "negative": f"the city {w}"})
                               for w in ("today", "is big", "was old")))
@@ -161,7 +163,7 @@ def test_sweep_rank_layers_attribution(model_dir, tmp_path):
     assert isinstance(result.exception, PolysteerError) and "--keywords" in str(result.exception)
 
 
-def test_attribute_command(model_dir, tmp_path):
+def test_attribute_command(model_dir, tmp_path, invoke):
     sae = SAE(32, 16, architecture="standard", metadata={"hook_name": "text.blocks.1.resid_post"})
     sae.save(tmp_path / "sae")
     result = invoke("attribute", "--model", model_dir, "--keywords", "ocean,sea", "--sae", tmp_path / "sae", "-n", 4,

@@ -5,18 +5,23 @@ import random
 
 import pytest
 import torch
-from click.testing import CliRunner
+from tiny import axis_sae, tiny_model, tiny_tokenizer
 
 from polysteer import PolysteerError, registry
-from polysteer.cli import get_cli, main
+from polysteer.cli import main
 from polysteer.modalities.text.detect import score_texts, text_activations
 from polysteer.modalities.text.evaluators.detector import DetectorScore
 from polysteer.plugins.detection.scoring import (
-    DirectionDetector, FeatureDetector, FinderDetector, TokenActivations, best_f1_threshold, detection_metrics,
-    feature_codes, pool_tokens,
+    DirectionDetector,
+    FeatureDetector,
+    FinderDetector,
+    TokenActivations,
+    best_f1_threshold,
+    detection_metrics,
+    feature_codes,
+    pool_tokens,
 )
 from polysteer.plugins.sae.model import SAE
-from tiny import tiny_model, tiny_tokenizer
 
 HP = "text.blocks.1.resid_post"
 
@@ -29,15 +34,6 @@ def synthetic(n: int = 400, tokens: int = 5, d: int = 16, gap: float = 3.0, seed
     acts = torch.randn(n * tokens, d, generator=g)
     acts[:, 0] += gap * labels[owner]
     return TokenActivations(acts, owner, n), labels
-
-
-def axis_sae(d: int = 16) -> SAE:
-    """Latent j < d reads +axis j, latent d + j reads -axis j."""
-    sae = SAE(d, 2 * d, "standard")
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
-        sae.W_enc.copy_(sae.W_dec.T)
-    return sae
 
 
 def test_pool_tokens_mean_and_max():
@@ -65,7 +61,7 @@ def test_every_detector_separates_separable_data_and_not_shuffled_labels(pooling
     tokens, labels = synthetic()
     train, test = torch.arange(0, 200), torch.arange(200, 400)
     pooled = tokens.select(train).pool()
-    detectors = {"direction": DirectionDetector(torch.eye(16)[0]), "feature": FeatureDetector(axis_sae(), 0)}
+    detectors = {"direction": DirectionDetector(torch.eye(16)[0]), "feature": FeatureDetector(axis_sae(hook_point=None), 0)}
     detectors.update({name: FinderDetector.fit(name, pooled, labels[train]) for name in ("diffmean", "probe", "rfm")})
     for name, detector in detectors.items():
         scores = detector.passage_scores(tokens.select(test), pooling)
@@ -89,7 +85,7 @@ def test_metrics_and_best_f1_threshold():
 
 def test_feature_codes_match_single_feature_detectors():
     tokens, _ = synthetic(n=20)
-    sae = axis_sae()
+    sae = axis_sae(hook_point=None)
     for pooling in ("mean", "max"):
         codes = feature_codes(sae, tokens, pooling, batch_size=7)
         for feature in (0, 3, 16):
@@ -140,13 +136,9 @@ def files(model_and_tokenizer, tmp_path_factory):
     return root
 
 
-def invoke(*args):
-    return CliRunner().invoke(get_cli(), ["detect", *map(str, args)], catch_exceptions=False)
-
-
-def test_detect_with_a_fitted_probe_reports_auroc_and_writes_scores(files):
+def test_detect_with_a_fitted_probe_reports_auroc_and_writes_scores(files, invoke):
     out = files / "scores.json"
-    result = invoke("--model", files / "model", "--finder", "diffmean", "--train", files / "train.jsonl",
+    result = invoke("detect", "--model", files / "model", "--finder", "diffmean", "--train", files / "train.jsonl",
                     "--texts", files / "test.jsonl", "--hook-point", HP, "-o", out)
     assert result.exit_code == 0, result.output
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("AUROC")][0]
@@ -160,8 +152,8 @@ def test_detect_with_a_fitted_probe_reports_auroc_and_writes_scores(files):
     assert [p.name for p in files.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_detect_feature_plain_text_and_threshold(files):
-    result = invoke("--model", files / "model", "--feature", 3, "--sae", files / "sae", "--texts",
+def test_detect_feature_plain_text_and_threshold(files, invoke):
+    result = invoke("detect", "--model", files / "model", "--feature", 3, "--sae", files / "sae", "--texts",
                     files / "plain.txt", "--pooling", "max", "--threshold", 0.0)
     assert result.exit_code == 0, result.output
     rows = [ln.split("\t") for ln in result.stdout.splitlines()]
@@ -169,7 +161,7 @@ def test_detect_feature_plain_text_and_threshold(files):
     assert all(float(score) >= 0 and flag in ("0", "1") for score, flag, _ in rows)
 
 
-def test_detect_output_is_atomic(files, monkeypatch):
+def test_detect_output_is_atomic(files, monkeypatch, invoke):
     out = files / "keep.json"
     out.write_text("old")
 
@@ -178,7 +170,7 @@ def test_detect_output_is_atomic(files, monkeypatch):
 
     monkeypatch.setattr("polysteer.io.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        invoke("--model", files / "model", "--finder", "probe", "--train", files / "train.jsonl", "--texts",
+        invoke("detect", "--model", files / "model", "--finder", "probe", "--train", files / "train.jsonl", "--texts",
                files / "test.jsonl", "-o", out)
     assert out.read_text() == "old" and [p for p in files.iterdir() if p.name.endswith(".tmp")] == []
 

@@ -6,40 +6,29 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import axis_sae, random_sae
 
 from polysteer import Direction, PolysteerError, registry, steer
+from polysteer.modalities.text.cli.sae_guided import lf
 from polysteer.modalities.text.evaluators import judges
 from polysteer.modalities.text.evaluators.consistency import (
-    Consistency, ParaphraseGroup, is_correct, normalize_answer, read_paraphrase_groups,
+    Consistency,
+    ParaphraseGroup,
+    is_correct,
+    normalize_answer,
+    read_paraphrase_groups,
 )
 from polysteer.modalities.text.sae.guided import (
-    ConsistencyResult, agreeing_groups, fit_lf_steering, paraphrase_prompts,
+    ConsistencyResult,
+    agreeing_groups,
+    fit_lf_steering,
+    paraphrase_prompts,
 )
-from polysteer.modalities.text.cli.sae_guided import lf
 from polysteer.plugins.sae.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
-from polysteer.plugins.sae.model import SAE
 
 HP = "text.blocks.1.resid_post"
 D = 32
 GROUPS_FILE = Path(__file__).parent.parent / "benchmarks" / "data" / "paraphrase_groups.json"
-
-
-def axis_sae(d=D, architecture="standard"):
-    """Latent i reads and writes +axis i, latent d + i the -axis: encode(h) = relu([h, -h])."""
-    sae = SAE(d, 2 * d, architecture, k=d if architecture == "topk" else None, metadata={"hook_name": HP})
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
-        sae.W_enc.copy_(sae.W_dec.T)
-    return sae
-
-
-def random_sae(architecture="topk", seed=0):
-    sae = SAE(D, 64, architecture, k=4, metadata={"hook_name": HP})
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.1, 0.3)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
 
 
 def planted_groups(n_groups=24, per_group=4, latent=5, seed=0):
@@ -56,34 +45,34 @@ def planted_groups(n_groups=24, per_group=4, latent=5, seed=0):
 
 def test_selection_picks_the_latent_that_varies_within_disagreeing_groups():
     X, groups, consistent = planted_groups()
-    finder = LFSteering(axis_sae(), top_k=3).fit(X, groups, consistent)
+    finder = LFSteering(axis_sae(D), top_k=3).fit(X, groups, consistent)
     assert int(finder.latents_[0]) == 5 and finder.scores_[5] > 0.5
     assert (finder.scores_[finder.latents_] > 0).all() and len(finder.latents_) <= 3
     assert torch.isclose(finder.bias_[0], torch.tensor(3.0)) and (finder.pull_ == 1).all()
-    shift = LFSteering(axis_sae(), top_k=1, mode="shift").fit(X, groups, consistent)
-    z = axis_sae().encode(X)[:, 5]
+    shift = LFSteering(axis_sae(D), top_k=1, mode="shift").fit(X, groups, consistent)
+    z = axis_sae(D).encode(X)[:, 5]
     assert torch.isclose(shift.bias_[0], z[consistent].mean() - z[~consistent].mean()) and (shift.pull_ == 0).all()
 
 
 def test_selection_refuses_bad_inputs():
     X, groups, consistent = planted_groups()
     with pytest.raises(PolysteerError, match="all 24 groups agree"):
-        LFSteering(axis_sae()).fit(X, groups, torch.ones_like(consistent))
+        LFSteering(axis_sae(D)).fit(X, groups, torch.ones_like(consistent))
     mixed = consistent.clone()
     mixed[0] = ~mixed[0]
     with pytest.raises(PolysteerError, match="differs between paraphrases"):
-        LFSteering(axis_sae()).fit(X, groups, mixed)
+        LFSteering(axis_sae(D)).fit(X, groups, mixed)
     with pytest.raises(PolysteerError, match="one group id"):
-        LFSteering(axis_sae()).fit(X, groups[:-1], consistent)
+        LFSteering(axis_sae(D)).fit(X, groups[:-1], consistent)
     with pytest.raises(PolysteerError, match="needs an SAE"):
         LFSteering().fit(X, groups, consistent)
     with pytest.raises(PolysteerError, match="d_in 32"):
-        LFSteering(axis_sae()).fit(torch.randn(96, 16), groups, consistent)
+        LFSteering(axis_sae(D)).fit(torch.randn(96, 16), groups, consistent)
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk"])
 def test_sae_bias_is_encode_bias_decode_plus_error(architecture):
-    sae = random_sae(architecture)
+    sae = random_sae(D, 64, architecture)
     h = torch.randn(2, 5, D) * 2
     latents, bias = torch.tensor([3, 17, 40]), torch.tensor([1.5, -0.5, 2.0])
     assert torch.equal(SAEBias(sae, latents, torch.zeros(3))(h, torch.zeros(D), 1.0), h)
@@ -95,7 +84,7 @@ def test_sae_bias_is_encode_bias_decode_plus_error(architecture):
 
 
 def test_sae_bias_moves_the_latent_code_by_the_bias_and_pulls_to_a_target():
-    sae = axis_sae()
+    sae = axis_sae(D)
     h = torch.rand(2, 3, D) + 0.5  # every +axis latent active
     latents = torch.tensor([2, 9])
     out = SAEBias(sae, latents, torch.tensor([1.0, 4.0]))(h, torch.zeros(D), 1.0)
@@ -107,7 +96,7 @@ def test_sae_bias_moves_the_latent_code_by_the_bias_and_pulls_to_a_target():
 
 
 def test_sae_bias_leaves_attention_sinks_alone():
-    sae = axis_sae()
+    sae = axis_sae(D)
     sae.metadata["max_norm"] = 50.0
     h = torch.rand(1, 3, D)
     h[0, 0] *= 1000
@@ -120,11 +109,11 @@ def test_sae_bias_without_its_sae_says_how_to_build_it():
     with pytest.raises(PolysteerError, match="to_plan"):
         SAEBias()(torch.randn(1, 2, D), torch.randn(D), 1.0)
     with pytest.raises(PolysteerError, match="one bias and one pull per latent"):
-        SAEBias(axis_sae(), [1, 2], [1.0])
+        SAEBias(axis_sae(D), [1, 2], [1.0])
 
 
 def test_artifact_round_trips_and_to_plan_rebuilds_the_operator(tmp_path, llama):
-    sae = axis_sae()
+    sae = axis_sae(D)
     sae.save(tmp_path / "sae")
     X, groups, consistent = planted_groups()
     finder = LFSteering(sae, top_k=2).fit(X, groups, consistent)
@@ -152,7 +141,7 @@ def test_artifact_round_trips_and_to_plan_rebuilds_the_operator(tmp_path, llama)
 
 def test_a_direction_without_an_sae_path_names_the_fix(tmp_path):
     X, groups, consistent = planted_groups()
-    direction = lf_direction(LFSteering(axis_sae()).fit(X, groups, consistent), HP, "")
+    direction = lf_direction(LFSteering(axis_sae(D)).fit(X, groups, consistent), HP, "")
     with pytest.raises(PolysteerError, match="lf_plan"):
         direction.to_plan()
 
@@ -216,7 +205,7 @@ def test_the_paraphrase_file_is_valid_and_bad_files_are_refused(tmp_path):
 
 
 def test_workflow_fits_on_model_activations(llama, tokenizer, tmp_path):
-    sae = random_sae("standard")
+    sae = random_sae(D, 64, "standard")
     sae.save(tmp_path / "sae")
     groups = [ParaphraseGroup("x", ("tell me about the ocean", "describe the sea", "what is the ocean")),
               ParaphraseGroup("y", ("the best food", "your favorite food", "good food")),
@@ -230,7 +219,7 @@ def test_workflow_fits_on_model_activations(llama, tokenizer, tmp_path):
 def test_cli_writes_an_lf_direction(llama, tokenizer, tmp_path):
     llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    random_sae("standard").save(tmp_path / "sae")
+    random_sae(D, 64, "standard").save(tmp_path / "sae")
     same = ["tell me about the ocean"] * 3  # identical prompts: identical greedy answers, a group that agrees
     rows = [{"answer": "x", "paraphrases": same}] + [
         {"answer": "y", "paraphrases": [f"{w} the {n}" for w in ("describe", "write", "tell me about")]}

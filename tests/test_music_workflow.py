@@ -5,19 +5,16 @@ import json
 
 import numpy as np
 import pytest
-
-from polysteer.plugins.rfm import MUSICRFM_POWER, layer_weights
 import torch
-from click.testing import CliRunner
 
 from polysteer import Direction, PolysteerError
-from polysteer.cli import get_cli, main
+from polysteer.cli import main
 from polysteer.modalities.music import synth
 from polysteer.modalities.music.audio import read_audio
 from polysteer.modalities.music.generation import build_plan
 from polysteer.modalities.music.models import tiny_musicgen
-from polysteer.modalities.music.workflow import (Concept, balanced_split, find_concepts,
-                                                 fit_concept)
+from polysteer.modalities.music.workflow import Concept, balanced_split, find_concepts, fit_concept
+from polysteer.plugins.rfm import MUSICRFM_POWER, layer_weights
 from polysteer.schedule import parse_schedule
 
 POINTS = [f"decoder.blocks.{i}.resid_post" for i in range(3)]
@@ -125,11 +122,7 @@ def test_build_plan_crossfades_two_directions(hf, fits):
         build_plan(model, [note, chord], [1.0, 2.0, 3.0], [None])
 
 
-def invoke(*args):
-    return CliRunner().invoke(get_cli(), [str(a) for a in args], catch_exceptions=False)
-
-
-def test_cli_find_generate_eval(model_dir, tmp_path):
+def test_cli_find_generate_eval(model_dir, tmp_path, invoke):
     out = tmp_path / "dirs"
     result = invoke("music", "find", "--concept", "note:E", "--concept", "note:G", "--model", model_dir,
                     "--finder", "diffmean", "--seconds", "0.3", "--variants", "1", "--top-k", "2", "-o", out)
@@ -157,11 +150,12 @@ def test_cli_find_generate_eval(model_dir, tmp_path):
     assert set(rows[-1]["mean"]) == {"note-accuracy", "tempo", "frechet-audio"}
 
 
-def test_cli_generate_defaults_to_the_direction_model(fits, tmp_path):
+def test_cli_generate_defaults_to_the_direction_model(fits, tmp_path, invoke):
     path = fits["note:E"].direction.save(tmp_path / "d.safetensors")  # made on tiny:transformers
     result = invoke("music", "generate", "rock", "--direction", path, "--seconds", "0.2", "--greedy",
                     "-o", tmp_path / "x.wav")
-    assert result.exit_code == 0, result.output and (tmp_path / "x.wav").exists()
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x.wav").exists()
 
 
 def test_load_music_model_errors(tmp_path):

@@ -5,26 +5,22 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import random_sae
 
 from polysteer import Direction, Intervention, PolysteerError, make_finder, registry, steer
 from polysteer.plugins.sae.model import SAE
 from polysteer.plugins.sae.steer import (
-    FEATURE_KEY, SAEClamp, feature_activation, feature_direction, feature_plan, flow_chain, flow_plan,
+    FEATURE_KEY,
+    SAEClamp,
+    feature_activation,
+    feature_direction,
+    feature_plan,
+    flow_chain,
+    flow_plan,
     match_features,
 )
 
 HP = "text.blocks.1.resid_post"
-
-
-def random_sae(d_in=32, d_sae=64, architecture="topk", k=4, seed=0):
-    sae = SAE(d_in, d_sae, architecture, k, metadata={"hook_name": HP})
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.1, 0.3)
-        sae.b_dec.normal_(0, 0.1)
-        if sae.threshold is not None:
-            sae.threshold.fill_(0.2)
-    return sae
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])

@@ -5,27 +5,24 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import random_sae
 
 from polysteer import Direction, PolysteerError, make_finder, registry
+from polysteer.modalities.text.cli.sae_guided import saif
 from polysteer.modalities.text.evaluators.instructions import (
-    InstructionFollowing, ends_with_question, is_all_capitals, is_french, is_short, read_instructions,
+    InstructionFollowing,
+    ends_with_question,
+    is_all_capitals,
+    is_french,
+    is_short,
+    read_instructions,
 )
 from polysteer.modalities.text.sae.guided import fit_saif, saif_prompts
-from polysteer.modalities.text.cli.sae_guided import saif
-from polysteer.plugins.sae.model import SAE
 from polysteer.plugins.sae.saif import SAIF
 
 HP = "text.blocks.1.resid_post"
 D = 32
 DATA_FILE = Path(__file__).parent.parent / "benchmarks" / "data" / "saif_instructions.json"
-
-
-def random_sae(seed=0):
-    sae = SAE(D, 64, "standard", metadata={"hook_name": HP})
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.1, 0.3)
-    return sae
 
 
 def planted_pairs(sae, latent=17, n=60, seed=1):
@@ -37,7 +34,7 @@ def planted_pairs(sae, latent=17, n=60, seed=1):
 
 
 def test_saif_selects_the_planted_consistent_latent():
-    sae = random_sae()
+    sae = random_sae(D, 64, "standard")
     X_pos, X_neg = planted_pairs(sae)
     finder = make_finder("saif", sae=sae, top_k=3).fit(X_pos, X_neg)
     assert int(finder.latents_[0]) == 17 and finder.fractions_[17] >= 0.9
@@ -46,7 +43,7 @@ def test_saif_selects_the_planted_consistent_latent():
 
 
 def test_saif_vector_is_the_sum_of_mean_activation_times_decoder_row():
-    sae = random_sae()
+    sae = random_sae(D, 64, "standard")
     X_pos, X_neg = planted_pairs(sae)
     finder = SAIF(sae, top_k=4, min_fraction=0.8).fit(X_pos, X_neg)
     z = sae.encode(X_pos)
@@ -57,7 +54,7 @@ def test_saif_vector_is_the_sum_of_mean_activation_times_decoder_row():
 
 
 def test_saif_refuses_unpaired_or_uninformative_data():
-    sae = random_sae()
+    sae = random_sae(D, 64, "standard")
     X_pos, X_neg = planted_pairs(sae)
     with pytest.raises(PolysteerError, match="paired"):
         SAIF(sae).fit(X_pos, X_neg[:-1])
@@ -119,7 +116,7 @@ def test_saif_prompts_are_paired_by_index():
 
 
 def test_workflow_direction_adds_the_saif_vector(llama, tokenizer, tmp_path):
-    random_sae().save(tmp_path / "sae")
+    random_sae(D, 64, "standard").save(tmp_path / "sae")
     contents = ["tell me about the ocean", "describe a good day", "what is your favorite food", "write a short note"]
     direction, finder = fit_saif(llama, tokenizer, contents, ["le la les", "une des pour", "je vous est"],
                                  tmp_path / "sae", top_k=5, min_fraction=0.75)
@@ -132,7 +129,7 @@ def test_workflow_direction_adds_the_saif_vector(llama, tokenizer, tmp_path):
 def test_cli_writes_a_saif_direction(llama, tokenizer, tmp_path):
     llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    random_sae().save(tmp_path / "sae")
+    random_sae(D, 64, "standard").save(tmp_path / "sae")
     (tmp_path / "data.json").write_text('{"contents": ["tell me about the ocean", "describe a good day", "the city"], '
                                         '"instructions": {"french": {"check": "french", "wordings": '
                                         '["le la les", "une des pour", "je vous est"]}}}')

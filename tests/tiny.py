@@ -49,3 +49,31 @@ def tiny_model(family: str = "llama", seed: int = 0):
                                                 eos_token_id=3, **kwargs)
     torch.manual_seed(seed)
     return getattr(transformers, model_name)(config).eval()
+
+
+def random_sae(d_in: int = 32, d_sae: int = 64, architecture: str = "topk", k: int | None = 4, seed: int = 0,
+               hook_point: str | None = "text.blocks.1.resid_post"):
+    """A seeded SAE with random encoder/decoder and biases that let some latents fire."""
+    from polysteer.plugins.sae import SAE
+
+    sae = SAE(d_in, d_sae, architecture, k if architecture == "topk" else None,
+              metadata={"hook_name": hook_point} if hook_point else {})
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        sae.b_enc.uniform_(-0.1, 0.3)
+        sae.b_dec.normal_(0, 0.1)
+        if sae.threshold is not None:
+            sae.threshold.fill_(0.2)
+    return sae
+
+
+def axis_sae(d: int = 16, architecture: str = "standard", hook_point: str | None = "text.blocks.1.resid_post"):
+    """Latent ``j < d`` reads and writes +axis ``j``, latent ``d + j`` the -axis: ``encode(h) = relu([h, -h])``."""
+    from polysteer.plugins.sae import SAE
+
+    sae = SAE(d, 2 * d, architecture, k=d if architecture == "topk" else None,
+              metadata={"hook_name": hook_point} if hook_point else {})
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae

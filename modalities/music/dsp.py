@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from polysteer.errors import PolysteerError
-from polysteer.modalities.music.synth import CHORD_QUALITIES, PITCH_CLASSES
+from polysteer.modalities.music.synth import CHORD_QUALITIES
 
 HARMONICS = 8
 HARMONIC_DECAY = 0.7
@@ -151,7 +151,3 @@ def estimate_tempo(audio: np.ndarray, sample_rate: int, bpm_range: tuple[float, 
         curvature = a - 2 * b + c
         lag = float(np.clip(lag + (0.5 * (a - c) / curvature if curvature < 0 else 0.0), lo, hi))
     return float(60.0 * rate / lag)
-
-
-def pitch_class_name(pc: int) -> str:
-    return PITCH_CLASSES[pc % 12]
