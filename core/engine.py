@@ -1,8 +1,8 @@
 """The steering engine: ``with steer(model, plan): model.generate(...)``.
 
-Hooks are registered on entry and every one is removed on exit, also when the body raises. One
-forward pre-hook on the modality's root module tracks the generation step and token positions; one
-hook per steered module applies all interventions at that module.
+A steered module gets one hook, shared by every steering block that uses it; what it applies is the plan of
+the thread or task that runs the forward pass (:mod:`polysteer.hooks`). A pre-hook on the modality's root
+module tracks each block's generation step and token positions.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.hooks import SteeringContext, activate
 from polysteer.modality import Modality, StepTracker, modality_for
 from polysteer.operator import Operator
 from polysteer.schedule import Schedule, parse_schedule
@@ -164,55 +165,25 @@ def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> 
     return out
 
 
-def _output_hook(compiled, tracker):
-    def hook(module, args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        new = _apply(compiled, tracker, h)
-        if new is None:
-            return None
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    return hook
-
-
-def _input_hook(compiled, tracker):
-    def hook(module, args, kwargs):
-        in_kwargs = not args
-        h = kwargs["hidden_states"] if in_kwargs else args[0]
-        new = _apply(compiled, tracker, h)
-        if new is None:
-            return None
-        if in_kwargs:
-            return args, {**kwargs, "hidden_states": new}
-        return (new, *args[1:]), kwargs
-
-    return hook
-
-
 @contextmanager
 def steer(model: Any, plan: "Plan | Intervention | Sequence[Intervention]", modality: str | Modality | None = None):
-    """Apply ``plan`` to ``model`` inside the block; every hook is removed on exit, even on error.
+    """Apply ``plan`` to ``model`` inside the block, for forward passes of this thread or asyncio task only.
+
+    Concurrent blocks on one shared model (threads, tasks) each see only their own plan, and a forward pass outside
+    every block sees none (see :mod:`polysteer.hooks`). Hooks are removed once no block uses them, even on error.
 
     Args:
         model: any model a registered modality accepts.
         plan: a Plan, an Intervention, a list of them, or a Direction (its default plan).
         modality: a modality name or instance; by default the first modality that accepts the model.
+
+    Yields:
+        The block's step tracker.
     """
     mod = modality if isinstance(modality, Modality) else modality_for(model, modality)
-    handles = []
-    try:
-        tracker = mod.tracker(model)
-        handles.append(tracker.root.register_forward_pre_hook(lambda m, a, k: tracker.update(a, k), with_kwargs=True))
-        for target, compiled in _compile(model, as_plan(plan), mod).items():
-            module, edit = target
-            if edit == "input":
-                handles.append(module.register_forward_pre_hook(_input_hook(compiled, tracker), with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(_output_hook(compiled, tracker)))
+    tracker = mod.tracker(model)
+    with activate(SteeringContext(tracker, _apply, _compile(model, as_plan(plan), mod))):
         yield tracker
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _compile(model, plan: Plan, modality: Modality) -> dict[tuple, list[_Compiled]]:
