@@ -1,7 +1,10 @@
 """Plugin manager: built-ins and third-party plugins load the same way, through the ``polysteer`` entry points.
 
 ``POLYSTEER_LOAD_PLUGINS`` (comma-separated entry-point names, empty for none) restricts which third-party
-plugins load; the built-ins (entry points of the ``polysteer`` distribution itself) always load.
+plugins load and ``POLYSTEER_EXCLUDE_PLUGINS`` names third-party plugins to skip; the built-ins (entry points of
+the ``polysteer`` distribution itself) always load. A plugin that fails to import (even with ``SystemExit``), whose
+hook raises, or that registers a name another plugin already took is recorded in :data:`broken_plugins` with its
+name, and the rest of polysteer carries on.
 A plugin that fails to import is recorded in :data:`broken_plugins` and reported by ``polysteer plugins``.
 """
 
@@ -28,11 +31,15 @@ broken_plugins: dict[str, str] = {}
 _loaded = False
 
 
+def _names(variable: str) -> set[str] | None:
+    value = os.environ.get(variable)
+    return None if value is None else {n.strip() for n in value.split(",") if n.strip()}
+
+
 def _allowed(name: str) -> bool:
-    restrict = os.environ.get("POLYSTEER_LOAD_PLUGINS")
-    if restrict is None:
-        return True
-    return name in {n.strip() for n in restrict.split(",") if n.strip()}
+    """Whether a third-party plugin may load under POLYSTEER_LOAD_PLUGINS and POLYSTEER_EXCLUDE_PLUGINS."""
+    only, excluded = _names("POLYSTEER_LOAD_PLUGINS"), _names("POLYSTEER_EXCLUDE_PLUGINS") or set()
+    return (only is None or name in only) and name not in excluded
 
 
 def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
@@ -45,7 +52,8 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (not _is_builtin(ep), ep.name))
+    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda ep: (not _is_builtin(ep), ep.name))
     for ep in points:
         if _is_builtin(ep) or _allowed(ep.name):
             _register_module(ep.name, ep.load)
@@ -54,7 +62,7 @@ def load_plugins() -> None:
 def _register_module(name: str, load: Callable[[], Any]) -> None:
     try:
         module = load()
-    except Exception as exc:  # a broken third-party plugin must never crash polysteer
+    except (Exception, SystemExit) as exc:  # a broken third-party plugin must never take polysteer down
         broken_plugins[name] = f"{type(exc).__name__}: {exc}"
         return
     if pm.get_plugin(name) is None and not pm.is_registered(module):
@@ -86,7 +94,11 @@ class Registry:
 
 
 def registry(kind: str) -> Registry:
-    """Collect what every plugin registers for ``kind`` (one of :data:`KINDS`)."""
+    """Collect what every plugin registers for ``kind`` (one of :data:`KINDS`), in registration order.
+
+    A hook that raises, or a name registered twice, is reported in :data:`broken_plugins` under the plugin's name;
+    the first registration of a name wins, so a later plugin never shadows a built-in.
+    """
     if kind not in KINDS:
         raise PolysteerError(f"unknown plugin kind {kind!r}; expected one of {KINDS}")
     load_plugins()
@@ -95,23 +107,20 @@ def registry(kind: str) -> Registry:
         owner = pm.get_name(impl.plugin) or repr(impl.plugin)
         try:
             impl.function(register=lambda obj, name=None, _o=owner: _add(reg, obj, name, _o))
-        except PolysteerError:
-            raise
-        except Exception as exc:  # a plugin whose hook fails is reported, the others still load
-            broken_plugins[owner] = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # one plugin's failing hook must not hide the others
+            broken_plugins[owner] = f"register_{kind} failed: {type(exc).__name__}: {exc}"
     return reg
 
 
 def _add(reg: Registry, obj: Any, name: str | None, owner: str) -> None:
     name = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
     if not name:
-        raise PolysteerError(f"plugin {owner} registered a {reg.kind[:-1]} without a name")
+        raise PolysteerError(f"registered a {reg.kind[:-1]} without a name; give it a `name` attribute")
     if name in reg.items:
-        raise PolysteerError(
-            f"duplicate {reg.kind[:-1]} name {name!r}: registered by both "
-            f"{reg.owners[name]} and {owner}; rename one of them or restrict loading "
-            "with POLYSTEER_LOAD_PLUGINS"
-        )
+        broken_plugins[owner] = (f"duplicate {reg.kind[:-1]} name {name!r}: already registered by "
+                                 f"{reg.owners[name]}, so {owner}'s was skipped; rename it or exclude one of them "
+                                 "with POLYSTEER_EXCLUDE_PLUGINS")
+        return
     reg.items[name] = obj
     reg.owners[name] = owner
 

@@ -81,14 +81,15 @@ BUILTINS = ["polysteer.modalities.music", "polysteer.modalities.text", "polystee
             "polysteer.plugins.sae", "polysteer.plugins.schedules"]
 
 
-@pytest.mark.parametrize("restrict, expected", [
-    (None, sorted(BUILTINS + ["example"])),
-    ("", BUILTINS),
-    ("example", sorted(BUILTINS + ["example"])),
-    ("other-plugin", BUILTINS),
+@pytest.mark.parametrize("env, expected", [
+    ({}, sorted(BUILTINS + ["example"])),
+    ({"POLYSTEER_LOAD_PLUGINS": ""}, BUILTINS),
+    ({"POLYSTEER_LOAD_PLUGINS": "example"}, sorted(BUILTINS + ["example"])),
+    ({"POLYSTEER_LOAD_PLUGINS": "other-plugin"}, BUILTINS),
+    ({"POLYSTEER_EXCLUDE_PLUGINS": "example"}, BUILTINS),
+    ({"POLYSTEER_EXCLUDE_PLUGINS": "polysteer.plugins.rfm,other"}, sorted(BUILTINS + ["example"])),
 ])
-def test_load_restriction_env_var_applies_to_third_party_plugins_only(installed, restrict, expected):
-    env = {} if restrict is None else {"POLYSTEER_LOAD_PLUGINS": restrict}
+def test_load_and_exclude_variables_apply_to_third_party_plugins_only(installed, env, expected):
     result = run(LOADED, installed, **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr(expected)

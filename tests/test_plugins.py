@@ -45,21 +45,63 @@ def test_register_and_unregister_a_finder_plugin():
     assert "negated-diffmean" not in registry("direction_finders")
 
 
-def test_duplicate_names_raise_naming_both_plugins():
+def test_a_duplicate_name_is_skipped_and_reported_naming_both_plugins(monkeypatch):
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    class Imposter:
+        name = "add"
+
     class Dup:
         @staticmethod
         @hookimpl
         def register_operators(register):
-            from polysteer.plugins.operators.basic import Add
-
-            register(Add)
+            register(Imposter)
 
     manager.pm.register(Dup, name="dup-plugin")
     try:
-        with pytest.raises(PolysteerError, match=r"'add'.*polysteer\.plugins\.operators.*dup-plugin"):
-            registry("operators")
+        reg = registry("operators")
+        assert reg["add"] is not Imposter and reg.owners["add"] == "polysteer.plugins.operators"
+        assert re.search(r"'add'.*polysteer\.plugins\.operators.*dup-plugin", manager.broken_plugins["dup-plugin"])
+        output = CliRunner().invoke(get_cli(), ["plugins"]).output
+        assert "dup-plugin  [failed to load] duplicate operator name 'add'" in output
     finally:
         manager.pm.unregister(name="dup-plugin")
+
+
+def test_a_failing_hook_is_reported_with_the_plugin_name(monkeypatch):
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    class Failing:
+        @staticmethod
+        @hookimpl
+        def register_schedules(register):
+            raise PolysteerError("needs a config file")
+
+    class Exiting:
+        @staticmethod
+        @hookimpl
+        def register_schedules(register):
+            raise SystemExit(3)
+
+    manager.pm.register(Failing, name="failing-plugin")
+    manager.pm.register(Exiting, name="exiting-plugin")
+    try:
+        assert "constant" in registry("schedules")  # the built-ins still register
+        assert "PolysteerError: needs a config file" in manager.broken_plugins["failing-plugin"]
+        assert "SystemExit: 3" in manager.broken_plugins["exiting-plugin"]
+    finally:
+        manager.pm.unregister(name="failing-plugin")
+        manager.pm.unregister(name="exiting-plugin")
+
+
+def test_a_plugin_exiting_at_import_is_reported_not_fatal(monkeypatch):
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    def exit_on_import():
+        raise SystemExit("bye")
+
+    manager._register_module("exiting-example", exit_on_import)
+    assert manager.broken_plugins["exiting-example"] == "SystemExit: bye"
 
 
 def test_broken_plugin_is_reported_not_fatal(monkeypatch):
