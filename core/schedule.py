@@ -8,6 +8,8 @@ Times in specs accept seconds (``5s``) where the modality has a frame rate (Musi
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from polysteer.errors import PolysteerError
@@ -26,8 +28,19 @@ class Schedule:
 
     @classmethod
     def from_spec(cls, args: list[str], steps_per_second: float | None) -> "Schedule":
-        """Build from the ``name:a,b`` spec's arguments; default: each one a number."""
-        return cls(*[float(a) for a in args])
+        """Build from the ``name:a,b`` spec's arguments; default: each one a finite number."""
+        return cls(*[parse_number(a) for a in args])
+
+
+def parse_number(text: str) -> float:
+    """A finite float from a spec argument, or a PolysteerError naming it."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise PolysteerError(f"bad number {text!r} in a schedule spec") from None
+    if not math.isfinite(value):
+        raise PolysteerError(f"schedule arguments must be finite numbers, got {text!r}")
+    return value
 
 
 class Product(Schedule):
@@ -51,11 +64,20 @@ def parse_time(text: str, steps_per_second: float | None) -> int:
     if text.endswith("s"):
         if not steps_per_second:
             raise PolysteerError(f"time {text!r} is in seconds but this modality has no frame rate; give steps")
-        return round(float(text[:-1]) * steps_per_second)
+        return round(parse_number(text[:-1]) * steps_per_second)
     try:
         return int(text)
     except ValueError:
         raise PolysteerError(f"bad time {text!r}: give an integer step count or seconds like '2.5s'") from None
+
+
+def split_arguments(text: str) -> list[str]:
+    """Spec arguments separated by ``,`` or a range ``-``; a ``-`` that follows no number is a minus sign.
+
+    >>> split_arguments("-5-3"), split_arguments("0.5,-7"), split_arguments("5s-15s"), split_arguments("1e-3")
+    (['-5', '3'], ['0.5', '-7'], ['5s', '15s'], ['1e-3'])
+    """
+    return [a.strip() for part in text.split(",") for a in re.split(r"(?<=[0-9s.])-", part) if a.strip()]
 
 
 def parse_schedule(spec: "str | Schedule", steps_per_second: float | None = None) -> Schedule:
@@ -68,9 +90,9 @@ def parse_schedule(spec: "str | Schedule", steps_per_second: float | None = None
     parts = []
     for piece in spec.split("*"):
         name, _, arg = piece.strip().partition(":")
-        args = [a for a in arg.replace("-", ",").split(",") if a] if name != "layer-weights" else [arg]
+        args = split_arguments(arg) if name != "layer-weights" else [arg]
         try:
             parts.append(schedules[name].from_spec(args, steps_per_second))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise PolysteerError(f"bad schedule spec {piece!r}: {exc}") from None
     return parts[0] if len(parts) == 1 else Product(*parts)

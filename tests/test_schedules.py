@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polysteer import PolysteerError, parse_schedule
@@ -82,3 +82,34 @@ def test_products_multiply():
 def test_bad_specs_are_clear_errors(spec):
     with pytest.raises(PolysteerError):
         parse_schedule(spec)
+
+
+@pytest.mark.parametrize("spec, attrs", [
+    ("inject-chance:0.5,-7", {"p": 0.5, "seed": -7}),
+    ("window:-5-3", {"start": -5, "end": 3}),
+    ("window:10--5", None),
+    ("exp-decay:-0.5", None),
+    ("exp-decay:nan", None),
+    ("ramp:0-inf", None),
+    ("layer-weights:12=nan", None),
+    ("layer-weights:x=1", None),
+])
+def test_specs_keep_their_signs_and_refuse_non_finite_numbers(spec, attrs):
+    if attrs is None:
+        with pytest.raises(PolysteerError):
+            parse_schedule(spec)
+    else:
+        assert parse_schedule(spec).__dict__ == attrs
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet="abcdegilnoprstuwx-:,.*=0123456789se+ ", max_size=40)
+       | st.sampled_from(["window:", "ramp:1s-2s", "exp-decay:", "inject-chance:,", "layer-weights:=", "*"])
+       .flatmap(lambda head: st.text(alphabet="-0123456789.,es=:*nai", max_size=12).map(lambda tail: head + tail)))
+def test_fuzzed_specs_parse_or_raise_only_polysteer_errors(spec):
+    try:
+        schedule = parse_schedule(spec, steps_per_second=50.0)
+    except PolysteerError:
+        return
+    value = schedule(3, 4, 1, 2)
+    assert value == value  # a parsed schedule yields a number, never NaN

@@ -7,7 +7,7 @@ import hashlib
 import torch
 
 from polysteer.errors import PolysteerError
-from polysteer.schedule import Schedule, parse_time
+from polysteer.schedule import Schedule, parse_number, parse_time
 
 
 def _clip01(x):
@@ -125,7 +125,10 @@ class LayerWeights(Schedule):
         pairs = [p.split("=") for p in args[0].split(",") if p]
         if not pairs or any(len(p) != 2 for p in pairs):
             raise PolysteerError("layer-weights takes LAYER=WEIGHT pairs, e.g. 'layer-weights:12=1,13=0.5'")
-        return cls({int(k): float(v) for k, v in pairs})
+        bad = [k for k, _ in pairs if not k.strip().lstrip("-").isdigit()]
+        if bad:
+            raise PolysteerError(f"layer-weights layers must be integers, got {bad}")
+        return cls({int(k): parse_number(v) for k, v in pairs})
 
     def __call__(self, step, position, layer, prompt_length):
         return self.weights.get(layer, 0.0)
