@@ -2,19 +2,32 @@
 operators (clamp, bias), Feature Flow, decompositions of directions into features, and LF-Steering."""
 
 from polysteer.hookspecs import hookimpl
-from polysteer.plugins.sae.decompose import contrast_decomposition, decoder_cosine, norm_warning
+from polysteer.plugins.sae.decompose import (
+    contrast_decomposition,
+    decoder_cosine,
+    norm_warning,
+    reconstruction_cosine,
+)
 from polysteer.plugins.sae.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
-from polysteer.plugins.sae.model import SAE, load_sae, load_stats
+from polysteer.plugins.sae.model import SAE, STATS_FILE, load_sae, load_stats
 from polysteer.plugins.sae.saif import SAIF
 from polysteer.plugins.sae.steer import (
-    SAEClamp, SAEContrast, SAEReconstruct, feature_direction, feature_plan, flow_chain, flow_plan, match_features,
+    SAEClamp,
+    SAEContrast,
+    SAEReconstruct,
+    feature_direction,
+    feature_plan,
+    flow_chain,
+    flow_plan,
+    match_features,
 )
 from polysteer.plugins.sae.trainer import TrainConfig, evaluate_sae, train_sae
 
 __all__ = [
-    "LFSteering", "SAE", "SAEBias", "SAEClamp", "SAEContrast", "SAEReconstruct", "SAIF", "TrainConfig",
+    "LFSteering", "SAE", "SAEBias", "SAEClamp", "SAEContrast", "SAEReconstruct", "SAIF", "STATS_FILE", "TrainConfig",
     "contrast_decomposition", "decoder_cosine", "evaluate_sae", "feature_direction", "feature_plan", "flow_chain",
-    "flow_plan", "lf_direction", "lf_plan", "load_sae", "load_stats", "match_features", "norm_warning", "train_sae",
+    "flow_plan", "lf_direction", "lf_plan", "load_sae", "load_stats", "match_features", "norm_warning",
+    "reconstruction_cosine", "train_sae",
 ]
 
 

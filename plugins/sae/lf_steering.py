@@ -220,10 +220,10 @@ def lf_direction(finder: LFSteering, hook_point: str, sae_path: str | os.PathLik
     """
     sae = finder.sae_
     params = {k: v for k, v in finder.get_params().items() if k != "sae"}
-    return Direction(
-        vectors={hook_point: finder.direction_.detach().float()}, modality=modality,
-        model=dict(model or sae.metadata.get("model", {})), d_model=sae.d_in, operator=SAEBias.name,
-        coefficient=coefficient, finder={"name": LFSteering.name, "params": params},
+    return Direction.from_fitted(
+        {hook_point: finder}, model=dict(model or sae.metadata.get("model", {})), modality=modality,
+        d_model=sae.d_in, scaled=False, finder={"name": LFSteering.name, "params": params}, operator=SAEBias.name,
+        coefficient=coefficient,
         provenance={"sae": str(sae_path), "sae_hook_name": sae.metadata.get("hook_name"),
                     "mean_shift_norm": finder.scale_, **(provenance or {})},
         extras={operator_param_key(hook_point, "latents"): finder.latents_.clone(),

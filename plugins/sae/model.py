@@ -7,24 +7,30 @@ holds ``cfg.json`` and ``sae_weights.safetensors`` with keys ``W_enc [d_in, d_sa
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from polysteer.capture import write_safetensors_atomic
 from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint
 from polysteer.io import write_json_atomic
+from polysteer.plugins.sae.formats import (
+    ARCHITECTURES,
+    CFG_FILE,
+    WEIGHTS_FILE,
+    check_shapes,
+    header_shapes,
+    parse_config,
+    read_config,
+    read_weights,
+    to_saelens_hook_name,
+)
 
-ARCHITECTURES = ("standard", "topk", "jumprelu")
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 STATS_FILE = "feature_stats.safetensors"
 _KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
@@ -40,10 +46,11 @@ class SAE(nn.Module):
         k: latents kept per token for ``topk``.
         apply_b_dec_to_input: subtract ``b_dec`` before encoding (SAELens' flag).
         metadata: free-form provenance written to ``cfg.json`` (hook point, model, training metrics).
+        init: draw random weights (False when they are about to be loaded).
     """
 
     def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = 32,
-                 apply_b_dec_to_input: bool = True, metadata: dict[str, Any] | None = None):
+                 apply_b_dec_to_input: bool = True, metadata: dict[str, Any] | None = None, init: bool = True):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise PolysteerError(f"unknown SAE architecture {architecture!r}; expected one of {ARCHITECTURES}")
@@ -58,7 +65,8 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.threshold = nn.Parameter(torch.zeros(d_sae)) if architecture == "jumprelu" else None
-        self.reset_parameters()
+        if init:
+            self.reset_parameters()
 
     def reset_parameters(self, seed: int = 0) -> None:
         """Unit-norm random decoder rows, encoder tied to the decoder's transpose (Gao et al.)."""
@@ -119,18 +127,20 @@ class SAE(nn.Module):
             )
 
     def config(self) -> dict[str, Any]:
-        """The SAELens-style ``cfg.json`` content (current and legacy activation keys)."""
+        """The SAELens ``cfg.json`` content: current and legacy activation keys, TransformerLens hook name."""
         activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}[self.architecture]
         cfg = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
                "dtype": str(self.W_enc.dtype).removeprefix("torch."), "device": "cpu",
                "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
                "activation_fn_str": activation, "activation_fn_kwargs": {"k": self.k} if self.k else {},
-               "metadata": self.metadata}
+               "polysteer": self.metadata}
         if self.k:
             cfg["k"] = self.k
-        for key in ("hook_name", "model_name"):
-            if key in self.metadata:
-                cfg[key] = self.metadata[key]
+        if self.metadata.get("hook_name"):
+            cfg["hook_name"] = to_saelens_hook_name(self.metadata["hook_name"])
+            cfg["hook_layer"] = HookPoint.parse(self.metadata["hook_name"]).layer
+        if self.metadata.get("model_name"):
+            cfg["model_name"] = self.metadata["model_name"]
         return cfg
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -147,88 +157,18 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> "SAE":
-        """Read an SAELens-format directory, with an error that names any missing or misshapen tensor."""
+        """Read an SAELens-format directory; the cfg and the weights' shapes are checked before any allocation."""
         path = Path(path)
-        cfg = _read_cfg(path)
-        tensors = _read_weights(path)
-        architecture, k = _architecture(cfg, path)
-        d_in, d_sae = _dims(cfg, tensors, path)
-        sae = cls(d_in, d_sae, architecture, k, bool(cfg.get("apply_b_dec_to_input", True)),
-                  _metadata(cfg))
-        expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
-        if architecture == "jumprelu":
-            expected["threshold"] = (d_sae,)
-        missing = [key for key in expected if key not in tensors]
-        if missing:
-            raise PolysteerError(f"{path / WEIGHTS_FILE} lacks {missing}; an SAELens SAE has {sorted(expected)}")
-        for key, shape in expected.items():
-            if tuple(tensors[key].shape) != shape:
-                raise PolysteerError(f"{path / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, "
-                                     f"expected {shape} for d_in {d_in}, d_sae {d_sae}")
+        cfg = read_config(path)
+        shapes = header_shapes(path)
+        fields = parse_config(cfg, shapes, str(path))
+        tensors = read_weights(path, check_shapes(fields, shapes, str(path / WEIGHTS_FILE)))
+        sae = cls(fields.d_in, fields.d_sae, fields.architecture, fields.k, fields.apply_b_dec_to_input,
+                  fields.metadata, init=False)
         with torch.no_grad():
-            for key in expected:
-                getattr(sae, key).copy_(tensors[key].float())
+            for key, tensor in tensors.items():
+                getattr(sae, key).copy_(tensor)
         return sae.to(dtype).eval()
-
-
-def _read_cfg(path: Path) -> dict[str, Any]:
-    if not (path / CFG_FILE).is_file():
-        raise PolysteerError(f"{path} is not an SAE directory: it needs {CFG_FILE} and {WEIGHTS_FILE} (SAELens format)")
-    try:
-        return json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PolysteerError(f"{path / CFG_FILE} is not valid JSON ({exc.msg}); re-save the SAE") from None
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    file = path / WEIGHTS_FILE
-    if not file.is_file():
-        raise PolysteerError(f"{path} has {CFG_FILE} but no {WEIGHTS_FILE}; copy the weights file next to it")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PolysteerError(f"cannot read {file}: truncated or not a safetensors file ({exc})") from None
-
-
-def _architecture(cfg: dict[str, Any], path: Path) -> tuple[str, int | None]:
-    """The architecture and k, from SAELens' current (``architecture``) or legacy (``activation_fn_str``) keys."""
-    kwargs = cfg.get("activation_fn_kwargs") or {}
-    architecture = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str"),
-                                                                                       "standard")
-    if cfg.get("activation_fn_str") == "topk" and architecture == "standard":
-        architecture = "topk"
-    if architecture not in ARCHITECTURES:
-        raise PolysteerError(f"{path / CFG_FILE}: architecture {architecture!r} is not supported; "
-                             f"polysteer loads {ARCHITECTURES}")
-    norm = cfg.get("normalize_activations") or "none"
-    if norm != "none":
-        raise PolysteerError(f"{path / CFG_FILE}: normalize_activations={norm!r} is not supported; fold the "
-                             "normalisation into the weights and save with normalize_activations='none'")
-    k = cfg.get("k", kwargs.get("k"))
-    if architecture == "topk" and k is None:
-        raise PolysteerError(f"{path / CFG_FILE}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
-    return architecture, int(k) if architecture == "topk" else None
-
-
-def _dims(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
-    if "W_enc" in tensors and tensors["W_enc"].ndim == 2:
-        d_in, d_sae = tensors["W_enc"].shape
-    else:
-        d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    if cfg.get("d_in") not in (None, d_in) or cfg.get("d_sae") not in (None, d_sae):
-        raise PolysteerError(f"{path}: cfg.json says d_in {cfg.get('d_in')}, d_sae {cfg.get('d_sae')} but W_enc is "
-                             f"[{d_in}, {d_sae}]; the config and weights come from different SAEs")
-    if d_in is None or d_sae is None:
-        raise PolysteerError(f"{path / WEIGHTS_FILE} lacks W_enc and cfg.json lacks d_in/d_sae")
-    return int(d_in), int(d_sae)
-
-
-def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(cfg.get("metadata") or {})
-    for key in ("hook_name", "model_name"):
-        if key in cfg:
-            meta.setdefault(key, cfg[key])
-    return meta
 
 
 def load_stats(path: "str | os.PathLike") -> dict[str, torch.Tensor] | None:

@@ -111,19 +111,15 @@ def feature_direction(sae: SAE, feature: int, hook_point: str, operator: str = "
     """
     if not 0 <= feature < sae.d_sae:
         raise PolysteerError(f"feature {feature} out of range: the SAE has {sae.d_sae} latents (0-{sae.d_sae - 1})")
-    row = sae.W_dec[feature].detach().float()
-    norm = float(row.norm())
     clamp = operator == "sae_clamp"
-    scales = {} if clamp else {hook_point: norm}  # a clamp's coefficient is the latent value
     extras = {FEATURE_KEY: torch.tensor([feature])}
     if clamp and sae_path:  # lets Direction.to_plan() rebuild the operator from the file alone
         extras[operator_param_key(hook_point, "feature")] = torch.tensor([feature])
-    return Direction(
-        vectors={hook_point: row / norm}, modality=modality, model=dict(sae.metadata.get("model", {})),
-        d_model=sae.d_in, operator=operator, coefficient=coefficient, scales=scales,
-        finder={"name": "sae_feature", "params": {"feature": feature}},
-        provenance={"sae": sae_path or "", "sae_hook_name": sae.metadata.get("hook_name")},
-        extras=extras,
+    return Direction.from_fitted(
+        {hook_point: sae.W_dec[feature]}, model=dict(sae.metadata.get("model", {})), modality=modality,
+        d_model=sae.d_in, scaled=not clamp,  # a clamp's coefficient is the latent value
+        finder={"name": "sae_feature", "params": {"feature": feature}}, operator=operator, coefficient=coefficient,
+        provenance={"sae": sae_path or "", "sae_hook_name": sae.metadata.get("hook_name")}, extras=extras,
     )
 
 

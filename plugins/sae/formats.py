@@ -1,0 +1,200 @@
+"""The SAELens on-disk format, read defensively: ``cfg.json`` checked against a schema and the weights' shapes
+checked from the safetensors header, both before anything is allocated; TransformerLens hook names translated.
+
+SAELens names hook points as TransformerLens does (``blocks.3.hook_resid_post``); polysteer as
+``text.blocks.3.resid_post``. Loading accepts either (and ``model.layers.3`` / ``layers.3.mlp`` module paths);
+saving writes the TransformerLens name that SAELens expects, with polysteer's own provenance under ``polysteer``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+MAX_WIDTH = 2**24  # latents or input width; larger is a corrupt or hostile cfg
+_TL_SITES = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
+             "hook_attn_out": "attn_out"}
+_MODULE_SITES = {"": "resid_post", "mlp": "mlp_out", "self_attn": "attn_out", "attn": "attn_out"}
+
+
+@dataclass
+class SAEFields:
+    """What a validated ``cfg.json`` says."""
+
+    d_in: int
+    d_sae: int
+    architecture: str
+    k: int | None
+    apply_b_dec_to_input: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def to_hook_point(name: str, tower: str = "text") -> str:
+    """A canonical hook point from a polysteer, TransformerLens or HF module-path hook name.
+
+    >>> to_hook_point("blocks.3.hook_resid_post"), to_hook_point("model.layers.3.mlp")
+    ('text.blocks.3.resid_post', 'text.blocks.3.mlp_out')
+    """
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", name)
+    if match and match.group(2) in _TL_SITES:
+        return f"{tower}.blocks.{match.group(1)}.{_TL_SITES[match.group(2)]}"
+    match = re.fullmatch(r"(?:model\.)?layers\.(\d+)(?:\.(\w+))?", name)
+    if match and (match.group(2) or "") in _MODULE_SITES:
+        return f"{tower}.blocks.{match.group(1)}.{_MODULE_SITES[match.group(2) or '']}"
+    try:
+        return str(HookPoint.parse(name))
+    except PolysteerError:
+        raise PolysteerError(f"SAE hook_name {name!r} is not a hook point polysteer can steer; expected e.g. "
+                             "'blocks.12.hook_resid_post' or 'text.blocks.12.resid_post'") from None
+
+
+def to_saelens_hook_name(hook_point: str) -> str:
+    """The TransformerLens name SAELens uses for a text hook point (other towers keep polysteer's name)."""
+    hp = HookPoint.parse(hook_point)
+    return f"blocks.{hp.layer}.hook_{hp.site}" if hp.tower == "text" else str(hp)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path/cfg.json``, with a one-line error for a missing, unreadable or non-object file."""
+    file = path / CFG_FILE
+    if not file.is_file():
+        raise PolysteerError(f"{path} is not an SAE directory: it needs {CFG_FILE} and {WEIGHTS_FILE} (SAELens format)")
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolysteerError(f"{file} is not valid UTF-8 JSON ({exc}); re-save the SAE") from None
+    if not isinstance(cfg, dict):
+        raise PolysteerError(f"{file} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def parse_config(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], where: str) -> SAEFields:
+    """Validate ``cfg`` (types, ranges) against the weight shapes of the safetensors header."""
+    d_in, d_sae = _dims(cfg, shapes, where)
+    architecture, k = _architecture(cfg, shapes, d_sae, where)
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None, False):
+        raise PolysteerError(f"{where}: normalize_activations={norm!r} is not supported; fold the normalisation "
+                             "into the weights and save with normalize_activations='none'")
+    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
+    if not isinstance(apply_b_dec, bool):
+        raise PolysteerError(f"{where}: apply_b_dec_to_input must be true or false, got {apply_b_dec!r}")
+    return SAEFields(d_in, d_sae, architecture, k, apply_b_dec, _metadata(cfg, where))
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the weights file's header, without reading the tensors."""
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise PolysteerError(f"{path} has {CFG_FILE} but no {WEIGHTS_FILE}; copy the weights file next to it")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PolysteerError(f"cannot read {file}: truncated or not a safetensors file ({exc})") from None
+
+
+def read_weights(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors as float32, refusing NaN or inf."""
+    tensors = {}
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
+        for key in keys:
+            tensor = handle.get_tensor(key)
+            if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+                raise PolysteerError(f"{path / WEIGHTS_FILE}: {key} holds NaN, inf or non-float values")
+            tensors[key] = tensor.float()
+    return tensors
+
+
+def expected_shapes(fields: SAEFields) -> dict[str, tuple[int, ...]]:
+    shapes = {"W_enc": (fields.d_in, fields.d_sae), "W_dec": (fields.d_sae, fields.d_in), "b_enc": (fields.d_sae,),
+              "b_dec": (fields.d_in,)}
+    if fields.architecture == "jumprelu":
+        shapes["threshold"] = (fields.d_sae,)
+    return shapes
+
+
+def check_shapes(fields: SAEFields, shapes: dict[str, tuple[int, ...]], where: str) -> list[str]:
+    """The tensor names to read, after checking every expected one is there with its shape."""
+    expected = expected_shapes(fields)
+    missing = [key for key in expected if key not in shapes]
+    if missing:
+        raise PolysteerError(f"{where} lacks {missing}; an SAELens {fields.architecture} SAE has {sorted(expected)}")
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise PolysteerError(f"{where}: {key} has shape {shapes[key]}, expected {shape} for d_in {fields.d_in}, "
+                                 f"d_sae {fields.d_sae}")
+    return list(expected)
+
+
+def _int(cfg: dict[str, Any], key: str, where: str, high: int = MAX_WIDTH) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= high:
+        raise PolysteerError(f"{where}: {key} must be an integer in 1..{high}, got {value!r}")
+    return value
+
+
+def _dims(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], where: str) -> tuple[int, int]:
+    d_in, d_sae = _int(cfg, "d_in", where), _int(cfg, "d_sae", where)
+    enc = shapes.get("W_enc")
+    if enc is None or len(enc) != 2:
+        raise PolysteerError(f"{where} lacks a 2-D W_enc; an SAELens SAE stores W_enc [d_in, d_sae]")
+    if not all(0 < n <= MAX_WIDTH for n in enc):
+        raise PolysteerError(f"{where}: W_enc has shape {list(enc)}; both sizes must be in 1..{MAX_WIDTH}")
+    if (d_in, d_sae) != (None, None) and (d_in, d_sae) != enc:
+        raise PolysteerError(f"{where}: cfg.json says d_in {d_in}, d_sae {d_sae} but W_enc is {list(enc)}; the "
+                             "config and weights come from different SAEs")
+    return enc
+
+
+def _architecture(cfg, shapes, d_sae: int, where: str) -> tuple[str, int | None]:
+    """The architecture and k from SAELens' current or legacy keys, inferred from the weights when absent."""
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    legacy = cfg.get("activation_fn_str", cfg.get("activation_fn"))
+    k = _int(cfg, "k", where, d_sae) or (_int(kwargs, "k", where, d_sae) if isinstance(kwargs, dict) else None)
+    architecture = cfg.get("architecture") or {"topk": "topk", "jumprelu": "jumprelu"}.get(legacy)
+    if architecture is None:
+        architecture = "jumprelu" if "threshold" in shapes else "topk" if k else "standard"
+    if architecture == "standard" and legacy == "topk":
+        architecture = "topk"
+    if architecture not in ARCHITECTURES:
+        raise PolysteerError(f"{where}: architecture {architecture!r} is not supported; polysteer loads "
+                             f"{ARCHITECTURES}")
+    if architecture == "topk" and k is None:
+        raise PolysteerError(f"{where}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
+    return architecture, k if architecture == "topk" else None
+
+
+def _metadata(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """polysteer's provenance (``polysteer``, or the older ``metadata``), with the hook name made canonical."""
+    meta = cfg.get("polysteer", cfg.get("metadata")) or {}
+    if not isinstance(meta, dict):
+        raise PolysteerError(f"{where}: 'polysteer' must be a JSON object, got {type(meta).__name__}")
+    meta = dict(meta)
+    for key in ("hook_name", "model_name"):
+        value = cfg.get(key, meta.get(key))
+        if value is not None and not isinstance(value, str):
+            raise PolysteerError(f"{where}: {key} must be a string, got {value!r}")
+        if value:
+            meta[key] = value
+    if meta.get("hook_name"):
+        meta["hook_name"] = to_hook_point(meta["hook_name"])
+    max_norm = meta.get("max_norm")
+    if max_norm is not None and (not isinstance(max_norm, (int, float)) or not math.isfinite(max_norm)):
+        raise PolysteerError(f"{where}: max_norm must be a finite number, got {max_norm!r}")
+    return meta

@@ -1,0 +1,108 @@
+"""SAELens folders are read defensively: schema-checked cfg.json, header-checked shapes, translated hook names."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from tiny import random_sae
+
+from polysteer import PolysteerError
+from polysteer.plugins.sae import SAE
+from polysteer.plugins.sae.formats import parse_config, to_hook_point, to_saelens_hook_name
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("blocks.3.hook_resid_post", "text.blocks.3.resid_post"),
+    ("blocks.0.hook_resid_pre", "text.blocks.0.resid_pre"),
+    ("blocks.11.hook_mlp_out", "text.blocks.11.mlp_out"),
+    ("blocks.7.hook_attn_out", "text.blocks.7.attn_out"),
+    ("model.layers.12", "text.blocks.12.resid_post"),
+    ("layers.4.mlp", "text.blocks.4.mlp_out"),
+    ("text.blocks.2.resid_post", "text.blocks.2.resid_post"),
+])
+def test_hook_names_translate_to_hook_points(name, expected):
+    assert to_hook_point(name) == expected
+
+
+@pytest.mark.parametrize("name", ["blocks.3.attn.hook_z", "blocks.x.hook_resid_post", "embed", ""])
+def test_hook_names_polysteer_cannot_steer_are_refused(name):
+    with pytest.raises(PolysteerError, match="hook_name"):
+        to_hook_point(name)
+
+
+def test_saving_writes_the_transformerlens_name_and_loading_reads_it_back(tmp_path):
+    sae = random_sae(hook_point="text.blocks.5.mlp_out")
+    sae.save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert (cfg["hook_name"], cfg["hook_layer"]) == ("blocks.5.hook_mlp_out", 5)
+    assert to_saelens_hook_name("text.blocks.5.mlp_out") == "blocks.5.hook_mlp_out"
+    loaded = SAE.load(tmp_path / "sae")
+    assert loaded.hook_point == "text.blocks.5.mlp_out"
+    assert torch.equal(loaded.W_enc, sae.W_enc) and loaded.k == sae.k
+
+
+def write(path, cfg, tensors):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+    return path
+
+
+def weights(d_in=8, d_sae=16, **extra):
+    torch.manual_seed(0)
+    return {"W_enc": torch.randn(d_in, d_sae), "W_dec": torch.randn(d_sae, d_in), "b_enc": torch.zeros(d_sae),
+            "b_dec": torch.zeros(d_in), **extra}
+
+
+@pytest.mark.parametrize("cfg, tensors, message", [
+    ({"d_in": 10**6, "d_sae": 10**6}, {"b_dec": torch.zeros(8)}, "lacks a 2-D W_enc"),
+    ({"d_in": 10**6, "d_sae": 10**6}, weights(), "different SAEs"),
+    ({"d_in": "8"}, weights(), "d_in must be an integer"),
+    ({"apply_b_dec_to_input": "false"}, weights(), "apply_b_dec_to_input must be true or false"),
+    ({"architecture": "gated"}, weights(), "not supported"),
+    ({"architecture": "topk"}, weights(), "needs 'k'"),
+    ({"architecture": "topk", "k": 99}, weights(), "k must be an integer in 1..16"),
+    ({"normalize_activations": "layer_norm"}, weights(), "normalize_activations"),
+    ({"hook_name": 3}, weights(), "hook_name must be a string"),
+    ({"hook_name": "blocks.1.attn.hook_z"}, weights(), "hook_name"),
+    ({"polysteer": {"max_norm": "big"}}, weights(), "max_norm must be a finite number"),
+    ({}, {**weights(), "W_dec": torch.full((16, 8), float("nan"))}, "NaN"),
+    ({"architecture": "jumprelu"}, weights(), "lacks \\['threshold'\\]"),
+    ({}, {**weights(), "b_enc": torch.zeros(3)}, "b_enc has shape"),
+])
+def test_bad_folders_get_one_line_errors_before_allocating(tmp_path, cfg, tensors, message):
+    path = write(tmp_path / "sae", cfg, tensors)
+    with pytest.raises(PolysteerError, match=message) as info:
+        SAE.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_architecture_is_inferred_from_k_or_a_threshold(tmp_path):
+    topk = SAE.load(write(tmp_path / "a", {"k": 4}, weights()))
+    jump = SAE.load(write(tmp_path / "b", {}, weights(threshold=torch.full((16,), 0.1))))
+    plain = SAE.load(write(tmp_path / "c", {}, weights()))
+    assert (topk.architecture, topk.k, jump.architecture, plain.architecture) == ("topk", 4, "jumprelu", "standard")
+    assert torch.equal(jump.threshold, torch.full((16,), 0.1))
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=8)
+KEYS = st.sampled_from(["d_in", "d_sae", "architecture", "k", "activation_fn_str", "activation_fn_kwargs",
+                        "apply_b_dec_to_input", "normalize_activations", "hook_name", "model_name", "polysteer",
+                        "metadata"])
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(KEYS, JSON, max_size=8),
+       st.dictionaries(st.sampled_from(["W_enc", "W_dec", "threshold"]),
+                       st.lists(st.integers(0, 40), min_size=1, max_size=3).map(tuple), max_size=3))
+def test_fuzzed_configs_parse_or_raise_only_polysteer_errors(cfg, shapes):
+    try:
+        fields = parse_config(cfg, shapes, "fuzz")
+    except PolysteerError:
+        return
+    assert fields.architecture in ("standard", "topk", "jumprelu") and fields.d_in > 0 and fields.d_sae > 0
