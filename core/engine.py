@@ -7,6 +7,7 @@ module tracks each block's generation step and token positions.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -103,22 +104,21 @@ class _Compiled:
     def __init__(self, iv: Intervention, modality: Modality, d_model: int, device, dtype):
         from polysteer.manager import registry
 
-        vector = torch.as_tensor(iv.direction).detach()
-        if vector.ndim != 1 or vector.shape[0] != d_model:
-            raise PolysteerError(
-                f"direction for {iv.hook_point} has shape {tuple(vector.shape)} but the model's d_model "
-                f"there is {d_model}; it was made for another model or layer"
-            )
-        if not torch.isfinite(vector).all():
-            raise PolysteerError(f"direction for {iv.hook_point} contains NaN or inf; re-fit it")
+        vector = _checked_vector(iv, d_model)
         self.vector = vector.to(device=device, dtype=dtype)
         self.operator = iv.operator if isinstance(iv.operator, Operator) else registry("operators")[iv.operator]()
+        if self.operator.uses_direction and not vector.any():
+            raise PolysteerError(f"direction for {iv.hook_point} is all zeros, so steering would do nothing; "
+                                 "re-fit it or drop it from the plan")
         self.schedule = parse_schedule(iv.schedule, modality.steps_per_second)
-        self.layer = HookPoint.parse(iv.hook_point).layer
+        self.layer, self.hook_point = HookPoint.parse(iv.hook_point).layer, iv.hook_point
         coef = torch.as_tensor(iv.coefficient, dtype=torch.float32)
+        if not torch.isfinite(coef).all():
+            raise PolysteerError(f"coefficient for {iv.hook_point} is {iv.coefficient!r}; give finite numbers")
         self.scalar = float(coef) if coef.ndim == 0 else None
         self.row_coef = None if coef.ndim == 0 else coef.to(device)
         self.rows = None if iv.rows is None else torch.as_tensor(list(iv.rows), dtype=torch.long)
+        self.checked_norm = not isinstance(self.operator, _add_class())
         self.span, self.branch, self.modality = iv.span, iv.branch, modality
 
     def is_zero(self) -> bool:
@@ -152,6 +152,40 @@ class _Compiled:
         return values if branch is None else values * branch.to(device)
 
 
+def _checked_vector(iv: Intervention, d_model: int) -> torch.Tensor:
+    vector = torch.as_tensor(iv.direction).detach()
+    if vector.ndim != 1 or vector.shape[0] != d_model:
+        raise PolysteerError(
+            f"direction for {iv.hook_point} has shape {tuple(vector.shape)} but the model's d_model "
+            f"there is {d_model}; it was made for another model or layer"
+        )
+    if not vector.is_floating_point():
+        raise PolysteerError(f"direction for {iv.hook_point} has dtype {vector.dtype}; steering vectors are floats")
+    if not torch.isfinite(vector).all():
+        raise PolysteerError(f"direction for {iv.hook_point} contains NaN or inf; re-fit it")
+    return vector
+
+
+def _add_class() -> type:
+    from polysteer.manager import registry
+
+    return registry("operators")["add"]
+
+
+NORM_WARNING_FACTOR = 10.0
+
+
+def _warn_if_far(c: _Compiled, coef, h: torch.Tensor) -> None:
+    """Warn once per block when an added vector is far larger than the activations it is added to."""
+    c.checked_norm = True
+    applied = float(coef.abs().max() if torch.is_tensor(coef) else abs(coef)) * float(c.vector.float().norm())
+    typical = float(h.detach().float().norm(dim=-1).median())
+    if typical > 0 and applied > NORM_WARNING_FACTOR * typical:
+        warnings.warn(f"steering at {c.hook_point} adds a vector of norm {applied:.4g}, {applied / typical:.0f}x "
+                      f"the typical activation norm there ({typical:.4g}); expect broken text, or lower the "
+                      "coefficient", stacklevel=2)
+
+
 def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> torch.Tensor | None:
     state = tracker.state_for(h)
     out = None
@@ -159,6 +193,8 @@ def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> 
         coef = c.coefficient(state, h)
         if coef is None:
             continue
+        if not c.checked_norm:
+            _warn_if_far(c, coef, h)
         current = h if out is None else out
         new = c.operator(current, c.vector, coef)
         out = torch.where(coef != 0, new, current) if torch.is_tensor(coef) else new

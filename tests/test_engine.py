@@ -1,5 +1,7 @@
 """The steering engine: hook lifetime, step counting with the KV cache, padding, per-row plans, nesting."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -150,3 +152,31 @@ def test_nested_plans_compose(llama):
     combined = logits(llama, ids, Intervention(a + 2 * b, HP, 1.0))
     assert torch.allclose(nested, combined, atol=1e-5)
     assert torch.allclose(combined, logits(llama, ids, Plan([Intervention(a, HP, 1.0)]) + Plan([Intervention(b, HP, 2.0)])), atol=1e-5)
+
+
+@pytest.mark.parametrize("direction, coefficient, message", [
+    (torch.zeros(32), 1.0, "all zeros"),
+    (torch.ones(32, dtype=torch.long), 1.0, "dtype torch.int64"),
+    (torch.full((32,), float("nan")), 1.0, "NaN or inf"),
+    (torch.ones(32), float("nan"), "finite numbers"),
+    (torch.ones(32), float("inf"), "finite numbers"),
+    (torch.ones(32), [1.0, float("nan")], "finite numbers"),
+])
+def test_bad_vectors_and_coefficients_are_refused_before_any_hook(llama, direction, coefficient, message):
+    with pytest.raises(PolysteerError, match=message):
+        with steer(llama, Intervention(direction, HP, coefficient)):
+            pass
+    assert n_hooks(llama) == 0
+
+
+def test_a_vector_far_larger_than_the_activations_warns_once(llama):
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.warns(UserWarning, match="typical activation norm") as caught:
+        with torch.no_grad(), steer(llama, Intervention(vec(llama), HP, 1e4)):
+            llama(input_ids=ids)
+            llama(input_ids=ids)
+    assert len([w for w in caught if "typical activation norm" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad(), steer(llama, Intervention(vec(llama), HP, 1e-3)):
+            llama(input_ids=ids)
