@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -106,3 +107,39 @@ def test_fuzzed_configs_parse_or_raise_only_polysteer_errors(cfg, shapes):
     except PolysteerError:
         return
     assert fields.architecture in ("standard", "topk", "jumprelu") and fields.d_in > 0 and fields.d_sae > 0
+
+
+def gemma_scope_arrays(d_in=8, d_sae=16):
+    gen = np.random.default_rng(0)
+    return {"W_enc": gen.normal(size=(d_in, d_sae)).astype(np.float32),
+            "W_dec": gen.normal(size=(d_sae, d_in)).astype(np.float32),
+            "b_enc": gen.normal(size=d_sae).astype(np.float32), "b_dec": gen.normal(size=d_in).astype(np.float32),
+            "threshold": np.full(d_sae, 0.3, dtype=np.float32)}
+
+
+def test_a_gemma_scope_params_npz_loads_as_its_jumprelu_sae(tmp_path):
+    folder = tmp_path / "gemma-scope-2b-pt-mlp" / "layer_5" / "width_16k" / "average_l0_71"
+    folder.mkdir(parents=True)
+    arrays = gemma_scope_arrays()
+    np.savez(folder / "params.npz", **arrays)
+    for path in (folder, folder / "params.npz"):
+        sae = SAE.load(path)
+        assert (sae.architecture, sae.apply_b_dec_to_input) == ("jumprelu", False)
+        assert sae.hook_point == "text.blocks.5.mlp_out"
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+        pre = x @ torch.from_numpy(arrays["W_enc"]) + torch.from_numpy(arrays["b_enc"])
+        assert torch.allclose(sae.encode(x), pre * (pre > 0.3), atol=1e-6)
+    assert SAE.load(folder, hook_point="blocks.9.hook_resid_post").hook_point == "text.blocks.9.resid_post"
+
+
+def test_a_gemma_scope_file_with_objects_or_missing_arrays_is_refused(tmp_path):
+    arrays = gemma_scope_arrays()
+    np.savez(tmp_path / "objects.npz", **{**arrays, "W_dec": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(PolysteerError, match="Python objects"):
+        SAE.load(tmp_path / "objects.npz")
+    np.savez(tmp_path / "partial.npz", **{k: v for k, v in arrays.items() if k != "threshold"})
+    with pytest.raises(PolysteerError, match="threshold"):
+        SAE.load(tmp_path / "partial.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(PolysteerError, match="not a numpy .npz"):
+        SAE.load(tmp_path / "junk.npz")

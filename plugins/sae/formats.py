@@ -1,5 +1,5 @@
-"""The SAELens on-disk format, read defensively: ``cfg.json`` checked against a schema and the weights' shapes
-checked from the safetensors header, both before anything is allocated; TransformerLens hook names translated.
+"""SAE files read defensively: SAELens folders (``cfg.json`` checked against a schema, the weights' shapes read from
+the safetensors header, both before anything is allocated) and Gemma Scope's ``params.npz`` (JumpReLU, no pickle).
 
 SAELens names hook points as TransformerLens does (``blocks.3.hook_resid_post``); polysteer as
 ``text.blocks.3.resid_post``. Loading accepts either (and ``model.layers.3`` / ``layers.3.mlp`` module paths);
@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
@@ -24,6 +26,7 @@ from polysteer.hookpoints import HookPoint
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+NPZ_FILE = "params.npz"
 MAX_WIDTH = 2**24  # latents or input width; larger is a corrupt or hostile cfg
 _TL_SITES = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
              "hook_attn_out": "attn_out"}
@@ -198,3 +201,59 @@ def _metadata(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     if max_norm is not None and (not isinstance(max_norm, (int, float)) or not math.isfinite(max_norm)):
         raise PolysteerError(f"{where}: max_norm must be a finite number, got {max_norm!r}")
     return meta
+
+
+def is_gemma_scope(path: Path) -> bool:
+    """A Gemma Scope ``params.npz``, or a folder holding one and no SAELens ``cfg.json``."""
+    return path.suffix == ".npz" or ((path / NPZ_FILE).is_file() and not (path / CFG_FILE).is_file())
+
+
+def read_gemma_scope(path: Path, hook_point: str | None = None) -> tuple[SAEFields, dict[str, torch.Tensor]]:
+    """A Gemma Scope JumpReLU SAE from ``params.npz`` (read with ``allow_pickle=False``).
+
+    Its hook point is ``hook_point``, else the ``layer_N`` folder of its path, at the site its release names
+    (``...-res`` resid_post, ``-mlp`` mlp_out, ``-att`` attn_out).
+    """
+    file = path if path.suffix == ".npz" else path / NPZ_FILE
+    shapes = _npz_shapes(file)
+    fields = SAEFields(*_dims({}, shapes, str(file)), "jumprelu", None, False,
+                       {"hook_name": to_hook_point(hook_point) if hook_point else _gemma_scope_hook(file),
+                        "format": "gemma-scope"})
+    fields.metadata = {k: v for k, v in fields.metadata.items() if v}
+    keys = check_shapes(fields, shapes, str(file))
+    with np.load(file, allow_pickle=False) as arrays:
+        tensors = {key: torch.from_numpy(np.asarray(arrays[key], dtype=np.float32)) for key in keys}
+    for key, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise PolysteerError(f"{file}: {key} holds NaN or inf")
+    return fields, tensors
+
+
+def _npz_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Array shapes from the ``.npy`` headers inside an ``.npz``, without loading the arrays."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            shapes = {}
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                if dtype.hasobject:
+                    raise PolysteerError(f"{file}: {name} holds Python objects; polysteer reads numeric arrays only")
+                shapes[name.removesuffix(".npy")] = tuple(shape)
+            return shapes
+    except PolysteerError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise PolysteerError(f"cannot read {file}: not a numpy .npz archive ({exc})") from None
+
+
+def _gemma_scope_hook(file: Path) -> str | None:
+    layer = next((m.group(1) for part in file.parts if (m := re.fullmatch(r"layer_(\d+)", part))), None)
+    if layer is None:
+        return None
+    release = " ".join(file.parts)
+    site = "mlp_out" if re.search(r"-mlp\b", release) else "attn_out" if re.search(r"-att\b", release) else "resid_post"
+    return f"text.blocks.{layer}.{site}"

@@ -25,9 +25,12 @@ from polysteer.plugins.sae.formats import (
     WEIGHTS_FILE,
     check_shapes,
     header_shapes,
+    is_gemma_scope,
     parse_config,
     read_config,
+    read_gemma_scope,
     read_weights,
+    to_hook_point,
     to_saelens_hook_name,
 )
 
@@ -156,13 +159,24 @@ class SAE(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> "SAE":
-        """Read an SAELens-format directory; the cfg and the weights' shapes are checked before any allocation."""
+    def load(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, hook_point: str | None = None) -> "SAE":
+        """Read an SAELens folder or a Gemma Scope ``params.npz``; shapes are checked before any allocation.
+
+        Args:
+            path: the folder (``cfg.json`` + ``sae_weights.safetensors``), or a ``params.npz`` or its folder.
+            dtype: the parameters' dtype.
+            hook_point: where the SAE reads, when its files do not say (Gemma Scope outside ``layer_N/``).
+        """
         path = Path(path)
-        cfg = read_config(path)
-        shapes = header_shapes(path)
-        fields = parse_config(cfg, shapes, str(path))
-        tensors = read_weights(path, check_shapes(fields, shapes, str(path / WEIGHTS_FILE)))
+        if is_gemma_scope(path):
+            fields, tensors = read_gemma_scope(path, hook_point)
+        else:
+            cfg = read_config(path)
+            shapes = header_shapes(path)
+            fields = parse_config(cfg, shapes, str(path))
+            tensors = read_weights(path, check_shapes(fields, shapes, str(path / WEIGHTS_FILE)))
+            if hook_point:
+                fields.metadata["hook_name"] = to_hook_point(hook_point)
         sae = cls(fields.d_in, fields.d_sae, fields.architecture, fields.k, fields.apply_b_dec_to_input,
                   fields.metadata, init=False)
         with torch.no_grad():
