@@ -107,7 +107,7 @@ class _Compiled:
         vector = _checked_vector(iv, d_model)
         self.vector = vector.to(device=device, dtype=dtype)
         self.operator = iv.operator if isinstance(iv.operator, Operator) else registry("operators")[iv.operator]()
-        if self.operator.uses_direction and not vector.any():
+        if self.operator.needs_direction and not vector.any():
             raise PolysteerError(f"direction for {iv.hook_point} is all zeros, so steering would do nothing; "
                                  "re-fit it or drop it from the plan")
         self.schedule = parse_schedule(iv.schedule, modality.steps_per_second)

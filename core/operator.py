@@ -14,7 +14,7 @@ class Operator:
     """
 
     name: str = ""
-    uses_direction: bool = True  # False for operators that ignore ``v``: a zero vector is then fine
+    needs_direction: bool = False  # True where a zero ``v`` would make the operator a no-op or undefined
 
     def __call__(self, h: torch.Tensor, v: torch.Tensor, coef) -> torch.Tensor:
         raise NotImplementedError

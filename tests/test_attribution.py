@@ -30,8 +30,6 @@ POINTS = ["text.blocks.0.resid_post", "text.blocks.1.resid_pre", "text.blocks.1.
 class Scale(Operator):
     """``h (1 + c)``: scaling the residual stream, whose first-order effect is grad x act."""
 
-    uses_direction = False
-
     def __call__(self, h, v, coef):
         return h + coef * h
 
@@ -121,8 +119,6 @@ def test_sae_attribution_is_latent_grad_times_activation(double, tokenizer):
 
     class ScaleLatent(Operator):
         """Scales latent j's contribution ``z_j W_dec[j]`` by ``1 + c``: first-order change ``c * attribution_j``."""
-
-        uses_direction = False
 
         def __call__(self, h, v, coef):
             return h + coef * sae.encode(h)[..., j : j + 1] * sae.W_dec[j]

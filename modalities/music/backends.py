@@ -168,7 +168,7 @@ class TransformersMusicgen(Backend):
         ids = torch.cat([start, codes], dim=-1).reshape(batch * k, frames + 1)
         _, delayed = decoder.build_delay_pattern_mask(ids, decoder.config.pad_token_id, max_length=frames + k)
         # the null condition of CFG's unconditional half: zero text states, fully masked
-        null = torch.zeros(batch, 1, decoder.config.hidden_size, device=codes.device)
+        null = torch.zeros(batch, 1, decoder.config.hidden_size, device=codes.device, dtype=decoder.dtype)
         decoder(input_ids=delayed, encoder_hidden_states=null,
                 encoder_attention_mask=torch.zeros(batch, 1, dtype=torch.long, device=codes.device), use_cache=False)
 

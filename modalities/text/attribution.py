@@ -56,7 +56,6 @@ class _Probe(Operator):
     """Adds a zero tensor that requires grad: its gradient is the score's gradient at the hidden states."""
 
     name = "attribution_probe"
-    uses_direction = False
 
     def __init__(self):
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []

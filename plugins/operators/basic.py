@@ -15,6 +15,7 @@ class Add(Operator):
     """``h + c v``: activation addition (ActAdd, CAA)."""
 
     name = "add"
+    needs_direction = True
 
     def __call__(self, h, v, coef):
         return h + coef * v
@@ -24,6 +25,7 @@ class Rotate(Operator):
     """``||h|| * normalize(normalize(h) + gain * c * normalize(v))``: keeps every position's norm (VTI)."""
 
     name = "rotate"
+    needs_direction = True
 
     def __init__(self, gain: float = 0.1):
         self.gain = gain
@@ -38,6 +40,7 @@ class Clamp(Operator):
     """Sets the projection on ``v`` to ``c``: ``h + (c - h.v) v`` with ``v`` unit."""
 
     name = "clamp"
+    needs_direction = True
 
     def __call__(self, h, v, coef):
         u = _unit(v)
@@ -48,6 +51,7 @@ class Ablate(Operator):
     """Removes the fraction ``c`` of the projection on ``v`` (``c = 1``: directional ablation)."""
 
     name = "ablate"
+    needs_direction = True
 
     def __call__(self, h, v, coef):
         u = _unit(v)

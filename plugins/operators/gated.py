@@ -29,6 +29,7 @@ class GatedAdd(Operator):
     """
 
     name = "gated_add"
+    needs_direction = True
 
     def __init__(self, w: torch.Tensor | None = None, b: torch.Tensor | None = None):
         self.w = None if w is None else torch.as_tensor(w).detach().flatten()

@@ -115,7 +115,8 @@ class Perplexity(Evaluator):
         mask = torch.zeros_like(ids)
         for r, (tokens, _) in enumerate(rows):
             ids[r, : len(tokens)], mask[r, : len(tokens)] = torch.tensor(tokens), 1
-        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        device = next(self.model.parameters()).device
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
         out = []
         for r, (tokens, first) in enumerate(rows):
             nll = torch.nn.functional.cross_entropy(logits[r, first - 1 : len(tokens) - 1], ids[r, first : len(tokens)])

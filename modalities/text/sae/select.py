@@ -52,7 +52,6 @@ class RowAdd(Operator):
     """Adds a different vector to each batch row: ``h + c * V[row]``."""
 
     name = "row_add"
-    uses_direction = False  # each row brings its own vector
 
     def __init__(self, rows: torch.Tensor):
         self.rows = rows
