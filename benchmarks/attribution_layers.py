@@ -35,15 +35,22 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, markdown  # noqa: E402
 
-from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
-from polysteer.modalities.text.attribution import (layer_attribution, rank_by_attribution,  # noqa: E402
-                                                   rank_direction_layers)
-from polysteer.modalities.text.generation import persona_answers  # noqa: E402
-from polysteer.modalities.text.modality import TextModality  # noqa: E402
-from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.presets import EVAL_PROMPTS, PERSONAS, TRAIN_QUESTIONS  # noqa: E402
-from polysteer.modalities.text.sweep import score_rows, summarize, sweep_direction  # noqa: E402
-from polysteer.modalities.text.workflow import find_direction  # noqa: E402
+from polysteer import atomic_write, write_text_atomic  # noqa: E402
+from polysteer.modalities.text import (  # noqa: E402
+    EVAL_PROMPTS,
+    PERSONAS,
+    TRAIN_QUESTIONS,
+    TextModality,
+    find_direction,
+    layer_attribution,
+    load_model,
+    persona_answers,
+    rank_by_attribution,
+    rank_direction_layers,
+    score_rows,
+    summarize,
+    sweep_direction,
+)
 
 SUITE = Path(__file__).parent / "concepts" / "concepts.json"
 OUT = RESULTS / "attribution"
@@ -140,7 +147,8 @@ def report(results: list[dict], args, out: Path) -> str:
     tied = sum(r["score_at_attribution"] >= r["best_score"] for r in results)
     ratio = statistics.mean(r["score_at_attribution"] / r["best_score"] if r["best_score"] else 1.0 for r in results)
     lines = [f"# Attribution-chosen layer vs the sweep's best ({args.model})\n",
-             f"\nCommand: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attribution_layers.py {' '.join(sys.argv[1:])}`"
+             "\nCommand: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attribution_layers.py "
+             f"{' '.join(sys.argv[1:])}`"
              f"\n\n", markdown(results, columns),
              f"\ngrad . v picked the sweep's best layer for {exact}/{n} concepts and a layer scoring as well as the "
              f"best for {tied}/{n}; its layer reached on average "
@@ -173,7 +181,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    model, tokenizer = load_text_model(args.model)
+    model, tokenizer = load_model(args.model)
     n = TextModality().n_layers(model)
     layers = ([int(x) for x in args.layers.split(",")] if args.layers else
               [n // 4, n // 2, 3 * n // 4] if args.quick else list(range(0, n, 2)))

@@ -8,7 +8,7 @@ instruction, DiffMean, PCA, probe, RFM, the best contrast SAE feature and the be
 2. fit the direction per layer; concept-detection AUROC on the held-out texts (token scores mean-pooled per text);
 3. steer: generate for ``--selection`` instructions of the selection half at every factor (factor x the
    direction's class separation, so one grid fits every method), score with the AxBench rule (harmonic mean of
-   concept, instruction and fluency, each 0-2; :mod:`polysteer.modalities.text.evaluators.rubric`), pick the best factor;
+   concept, instruction and fluency, each 0-2; :mod:`polysteer.modalities.text.evaluators`), pick the best factor;
 4. report: ``--report`` instructions of the report half at the chosen factor.
 
 All rows of a phase run as batched generates whose rows carry different directions and factors
@@ -37,18 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from common import RESULTS, markdown
+from concept_suite import Suite, load_suite
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from common import RESULTS, markdown
-from concept_suite import Concept, Suite, load_suite
-from polysteer import Intervention, make_finder, stack_plans
-from polysteer.hookpoints import hook_point
-from polysteer.io import write_text_atomic
-from polysteer.modalities.text.generation import Example, collect, generate, token_labels
-from polysteer.modalities.text.models import cache_dir, load_text_model
-from polysteer.modalities.text.evaluators.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE
+from polysteer import Intervention, hook_point, make_finder, stack_plans, write_text_atomic
+from polysteer.modalities.text import Example, cache_dir, collect, generate, load_model, token_labels
+from polysteer.modalities.text.evaluators import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
+from polysteer.modalities.text.sae import SHIPPED_SAE
 
 OUT = RESULTS / "axbench_lite"
 FINDERS = {"diffmean": ("diffmean", {}), "pca": ("pca_diff", {}), "probe": ("probe", {}), "rfm": ("rfm", {}),
@@ -319,7 +316,7 @@ def pareto_plot(selection: list[dict], report: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from polysteer.io import atomic_write
+    from polysteer import atomic_write
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     for method, hp in dict.fromkeys((r["method"], r["hook_point"]) for r in selection):
@@ -375,7 +372,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.time()
     torch.manual_seed(0)
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     suite = load_suite().subset(limit=args.concepts)
     work = cache_dir() / "axbench-lite"
     cache, scores = Cache(work / "generations.jsonl"), Cache(work / "scores.jsonl")
@@ -406,10 +403,12 @@ def write_results(args, suite, selection, report, fitted, aurocs, chosen, second
     text = [f"# AxBench-lite on SmolLM2-135M-Instruct\n\nCommand: `{command.strip()}` ({seconds / 60:.0f} min, "
             f"{torch.get_num_threads()} threads).\n\n{len(suite.concepts)} concepts; factors {args.factors} x class "
             f"separation; {args.selection} selection + {args.report} report instructions per concept; "
-            f"{args.tokens} new tokens, greedy, generated in {args.dtype}. Scores are 0-2 (AxBench rule: harmonic mean, 0 if any part is 0); "
+            f"{args.tokens} new tokens, greedy, generated in {args.dtype}. Scores are 0-2 (AxBench rule: harmonic "
+            "mean, 0 if any part is 0); "
             f"AUROC is concept detection on the held-out texts.\n\nOrdering: {ordering}\n",
             "## Methods (report half, chosen factor)\n", markdown(table, list(table[0])), "![pareto](pareto.png)\n",
-            "## Score per concept\n", markdown(per_concept(report, columns), ["concept"] + [label(*c) for c in columns])]
+            "## Score per concept\n",
+            markdown(per_concept(report, columns), ["concept"] + [label(*c) for c in columns])]
     if sae:
         text += ["## SAE feature: output-score filtered vs unfiltered\n", markdown(sae, list(sae[0]))]
     detection, detection_columns = auroc_table(aurocs)

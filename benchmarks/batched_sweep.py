@@ -15,14 +15,10 @@ import argparse
 import platform
 
 import torch
-
 from common import RESULTS, interleaved_medians, markdown
-from polysteer import Intervention, stack_plans
-from polysteer.hookpoints import hook_point
-from polysteer.io import write_text_atomic
-from polysteer.modalities.text.generation import generate
-from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.presets import EVAL_PROMPTS
+
+from polysteer import Intervention, hook_point, stack_plans, write_text_atomic
+from polysteer.modalities.text import EVAL_PROMPTS, generate, load_model
 
 OUT = RESULTS / "batched_sweep"
 
@@ -58,7 +54,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     table = []
     for kind in ("factors", "directions"):
         row_plans = plans(kind, args.n, model.config.hidden_size, args.layer)

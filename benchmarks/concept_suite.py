@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from polysteer.errors import PolysteerError
+from polysteer import PolysteerError
 
 CONCEPTS = Path(__file__).parent / "concepts"
 

@@ -18,15 +18,11 @@ import sys
 import axbench_lite as ax
 from common import RESULTS, markdown
 from concept_suite import load_suite
-from polysteer import make_finder
-from polysteer.hookpoints import hook_point
-from polysteer.io import write_text_atomic
-from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.sae.decompose import token_activations
-from polysteer.modalities.text.sae.explain import vocab_proj
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE
-from polysteer.plugins.sae.model import SAE
-from polysteer.plugins.sae.decompose import contrast_decomposition, decoder_cosine, reconstruction_cosine
+
+from polysteer import hook_point, make_finder, write_text_atomic
+from polysteer.modalities.text import load_model
+from polysteer.modalities.text.sae import SHIPPED_SAE, token_activations, vocab_proj
+from polysteer.plugins.sae import SAE, contrast_decomposition, decoder_cosine, reconstruction_cosine
 
 OUT = RESULTS / "decomposition"
 
@@ -44,7 +40,7 @@ def main() -> None:
     parser.add_argument("--concepts", default="weddings,ocean,french,cooking,space_travel")
     parser.add_argument("-n", type=int, default=5, help="features per sign")
     args = parser.parse_args()
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     sae = SAE.load(SHIPPED_SAE)
     hp = hook_point(ax.sae_layer())
     suite = load_suite().subset(names=args.concepts.split(","))

@@ -37,16 +37,11 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from polysteer.capture import cache_key  # noqa: E402
-from polysteer.io import write_text_atomic  # noqa: E402
-from polysteer.modalities.text.detect import text_activations  # noqa: E402
-from polysteer.modalities.text.generation import generate  # noqa: E402
-from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.corpus import debian_corpus, token_windows  # noqa: E402
-from polysteer.modalities.text.sae.explain import vocab_proj  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.detection.scoring import FinderDetector, best_f1_threshold, detection_metrics, feature_codes  # noqa: E402
-from polysteer.plugins.sae.model import SAE  # noqa: E402
+from polysteer import cache_key, write_text_atomic  # noqa: E402
+from polysteer.modalities.text import cache_dir, generate, load_model, text_activations  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, debian_corpus, token_windows, vocab_proj  # noqa: E402
+from polysteer.plugins.detection import FinderDetector, best_f1_threshold, detection_metrics, feature_codes  # noqa: E402
+from polysteer.plugins.sae import SAE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, markdown  # noqa: E402
@@ -219,7 +214,7 @@ def main() -> None:
 
 
 def run(args) -> None:
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     sae = SAE.load(args.sae)
     data = build_dataset(model, tokenizer, sae, args)
     n = len(data["prefixes"])

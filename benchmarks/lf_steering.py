@@ -29,10 +29,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.evaluators.consistency import Consistency, read_paraphrase_groups  # noqa: E402
-from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.guided import fit_lf_steering, measure_consistency  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.modalities.text import load_model  # noqa: E402
+from polysteer.modalities.text.evaluators import Consistency, read_paraphrase_groups  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, fit_lf_steering, measure_consistency  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "lf_steering"
@@ -86,7 +85,7 @@ def row(name: str, result, base) -> dict:
 def main() -> None:
     args = parse_args()
     fit_groups, test_groups = split(read_paraphrase_groups(args.groups), args.fit, args.test, args.seed)
-    model, tokenizer = load_text_model(args.model)
+    model, tokenizer = load_model(args.model)
     kwargs = {"max_new_tokens": args.max_new_tokens}
     direction, finder, fit_base = fit_lf_steering(
         model, tokenizer, fit_groups, args.sae, args.top_k, args.mode, agree_threshold=args.agree_threshold,

@@ -36,17 +36,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
-from polysteer.modalities.music.evaluators import FrechetAudioDistance, NoteAccuracy  # noqa: E402
-from polysteer.modalities.music.generation import build_plan, generate_audio  # noqa: E402
-from polysteer.modalities.music.models import load_music_model  # noqa: E402
-from polysteer.modalities.music.modality import MusicModality  # noqa: E402
-from polysteer.modalities.music.synth import PITCH_CLASSES  # noqa: E402
-from polysteer.modalities.music.workflow import default_finder, find_concepts  # noqa: E402
+from polysteer import atomic_write, write_text_atomic  # noqa: E402
+from polysteer.modalities.music import (  # noqa: E402
+    PITCH_CLASSES,
+    FrechetAudioDistance,
+    MusicModality,
+    NoteAccuracy,
+    build_plan,
+    default_finder,
+    find_concepts,
+    generate_audio,
+    load_model,
+)
 
 OUT = Path(__file__).parent / "results" / "music_rfm"
 PROMPTS = ["a calm piano melody", "lofi hip hop beat", "acoustic guitar ballad", "upbeat electronic dance track",
@@ -85,7 +90,7 @@ def steer_table(model, tokenizer, fits, args) -> dict:
 
 def run_model(name: str, args) -> dict:
     start = time.time()
-    model, tokenizer = load_music_model(name, args.backend)
+    model, tokenizer = load_model(name, args.backend)
     finders = [default_finder()] + (["diffmean"] if default_finder() != "diffmean" else [])
     settings = {k: v for k, v in vars(args).items() if k not in ("model", "cache_dir", "report_only")}
     result = {"model": name, "finders": {}, "settings": settings}

@@ -12,12 +12,10 @@ import argparse
 import platform
 
 import torch
-
 from common import RESULTS, interleaved_medians, markdown
-from polysteer import Intervention, Plan, steer
-from polysteer.io import atomic_write, write_text_atomic
-from polysteer.modalities.text.generation import format_prompt
-from polysteer.modalities.text.models import load_text_model
+
+from polysteer import Intervention, Plan, atomic_write, steer, write_text_atomic
+from polysteer.modalities.text import format_prompt, load_model
 
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -51,7 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=48)
     args = parser.parse_args()
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     tokenizer.padding_side = "left"
     rows = []
     for batch in (1, 8):
@@ -67,7 +65,8 @@ def main() -> None:
     table = markdown(rows, ["batch", "variant", "tokens/s", "slowdown %"])
     header = (f"# Steering overhead on SmolLM2-135M-Instruct\n\n{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} threads, {args.tokens} new tokens, median of {args.repeats} interleaved "
-              f"rounds.\n\nCommand: `python benchmarks/overhead.py --repeats {args.repeats} --tokens {args.tokens}`\n\n")
+              f"rounds.\n\nCommand: `python benchmarks/overhead.py --repeats {args.repeats} "
+              f"--tokens {args.tokens}`\n\n")
     write_text_atomic(RESULTS / "overhead" / "README.md", header + table)
     plot(rows, RESULTS / "overhead" / "overhead.png")
     print(header + table)

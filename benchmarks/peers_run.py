@@ -7,18 +7,15 @@ import platform
 import statistics
 from contextlib import contextmanager
 
+import axbench_lite as ax
 import torch
+from common import RESULTS, interleaved_times, markdown
+from concept_suite import load_suite
 from repeng import ControlModel, ControlVector, DatasetEntry
 from steering_vectors import SteeringVector, mean_aggregator, train_steering_vector
 
-import axbench_lite as ax
-from common import RESULTS, interleaved_times, markdown
-from concept_suite import load_suite
-from polysteer import Intervention, make_finder, steer
-from polysteer.hookpoints import hook_point
-from polysteer.io import atomic_write, write_text_atomic
-from polysteer.modalities.text.generation import Example, collect, format_prompt, generate
-from polysteer.modalities.text.models import load_text_model
+from polysteer import Intervention, atomic_write, hook_point, make_finder, steer, write_text_atomic
+from polysteer.modalities.text import collect, format_prompt, generate, load_model
 
 OUT = RESULTS / "peers"
 
@@ -199,7 +196,7 @@ def plot(table: list[dict], path) -> None:
 def _prepare(args, n_concepts: int):
     """SmolLM2, the suite's first ``n_concepts`` concepts, the generation cache and every library's vectors."""
     torch.manual_seed(0)
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     suite = load_suite().subset(limit=n_concepts)
     ax_args = ax.parse_args(["--dtype", "float32"])
     cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
@@ -216,7 +213,8 @@ def run(args) -> None:
             "diffmean vs steering-vectors (last token)": cosine(v["diffmean (last token)"], v["steering-vectors"]),
             "pca_diff vs repeng (last token)": cosine(v["pca_diff (last token)"], v["repeng"]),
             "diffmean (default) vs steering-vectors": cosine(v["diffmean (mean, default)"], v["steering-vectors"]),
-            "pca_diff (default) vs repeng": cosine(v["pca_diff (mean, default)"], v["repeng"])} for name, v in vecs.items()]
+            "pca_diff (default) vs repeng": cosine(v["pca_diff (mean, default)"], v["repeng"])}
+            for name, v in vecs.items()]
     judges = ax.Judges(model, tokenizer, suite, cache, ax_args)
     rows = judged(model, tokenizer, suite, vecs, args, judges)
     scores = [{"library": lib, **{k: ax.mean([r for r in rows if r["method"] == lib], k)

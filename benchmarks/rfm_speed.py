@@ -34,8 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from polysteer import make_finder  # noqa: E402
-from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
+from polysteer import atomic_write, make_finder, write_text_atomic  # noqa: E402
 
 D, RANK, NOISE, N_TEST = 576, 32, 0.1, 2000
 
@@ -116,7 +115,8 @@ def speed_rows(sizes: list[int], xrfm_max_n: int, iters: int) -> list[dict]:
         configs.append(("polysteer DiffMean", "diffmean", {}))
         for label, name, params in configs:
             load = os.getloadavg()[0]
-            rows.append({"method": label, "n": n, "load": load, **fit_polysteer(name, tuple(params.items()), n, D, RANK)})
+            fit = fit_polysteer(name, tuple(params.items()), n, D, RANK)
+            rows.append({"method": label, "n": n, "load": load, **fit})
             print(rows[-1], flush=True)
         if _has_xrfm() and n <= xrfm_max_n:
             load = os.getloadavg()[0]
@@ -162,11 +162,13 @@ def plot(speed: list[dict], recovery: list[dict], path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# RFM speed and planted-direction recovery", "", "Commands (each run merges its rows into `results.json`):", ""]
+    lines = ["# RFM speed and planted-direction recovery", "",
+             "Commands (each run merges its rows into `results.json`):", ""]
     lines += [f"- `{run['command']}` ({run['threads']} threads, load average {run['load'][0]:.1f} -> "
               f"{run['load'][1]:.1f})" for run in results["runs"]]
-    lines += ["", f"Machine: {platform.machine()}, 2 shared cores, torch {torch.__version__}. Other jobs shared the cores "
-              "(the load column is the 1-minute load average when the fit started), so times are upper bounds.", "",
+    lines += ["", f"Machine: {platform.machine()}, 2 shared cores, torch {torch.__version__}. Other jobs shared the "
+              "cores (the load column is the 1-minute load average when the fit started), so times are upper "
+              "bounds.", "",
               f"## Fit time (planted quadratic concept, low-rank {RANK} in d={D})", "",
               "| method | n | fit s | rounds | test AUC | \\|cos(v)\\| | load |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['n']} | {r['seconds']:.1f} | {r['rounds']} | {r['auc']:.3f} | {r['cos']:.3f} | "

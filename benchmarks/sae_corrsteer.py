@@ -27,11 +27,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.generation import generate  # noqa: E402
-from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.corrsteer import corrsteer, corrsteer_plan, side_effect_ratio  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.sae.model import SAE  # noqa: E402
+from polysteer.modalities.text import generate, load_model  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, corrsteer, corrsteer_plan, side_effect_ratio  # noqa: E402
+from polysteer.plugins.sae import SAE  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_corrsteer"
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--scales", default="0.5,1,2", help="multiples of the CorrSteer coefficient")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args()
-    model, tokenizer = load_text_model(args.model)
+    model, tokenizer = load_model(args.model)
     sae = SAE.load(args.sae)
     saes = {sae.metadata["hook_name"]: sae}
     train, test = questions(args.train, 0), questions(args.test, 1)

@@ -21,13 +21,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from polysteer.capture import write_safetensors_atomic  # noqa: E402
-from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.explain import vocab_proj  # noqa: E402
-from polysteer.modalities.text.sae.select import feature_stats, input_scores, output_scores  # noqa: E402
-from polysteer.modalities.text.sae.store import ActivationStore  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
-from polysteer.plugins.sae.model import SAE, STATS_FILE, load_stats  # noqa: E402
+from polysteer import write_safetensors_atomic  # noqa: E402
+from polysteer.modalities.text import cache_dir, load_model  # noqa: E402
+from polysteer.modalities.text.sae import (  # noqa: E402
+    SHIPPED_SAE,
+    ActivationStore,
+    feature_stats,
+    input_scores,
+    output_scores,
+    vocab_proj,
+)
+from polysteer.plugins.sae import SAE, STATS_FILE, load_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_smollm2"
 
@@ -38,7 +42,7 @@ def main() -> None:
     parser.add_argument("--store", default=str(cache_dir() / "sae-store-smollm2-L12"))
     parser.add_argument("--samples", type=int, default=16, help="features described in the table")
     args = parser.parse_args()
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     sae = SAE.load(args.sae)
     store = ActivationStore(args.store)
     shard = sae.metadata["metrics"]["tokens_stored"] // store.manifest["shard_tokens"] - 1  # the held-out one

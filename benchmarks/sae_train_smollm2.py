@@ -29,11 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from polysteer.modalities.text.models import cache_dir, load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.corpus import debian_corpus  # noqa: E402
-from polysteer.plugins.sae.trainer import TrainConfig  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE, train_text_sae  # noqa: E402
-from polysteer.plugins.sae.model import load_stats  # noqa: E402
+from polysteer.modalities.text import cache_dir, load_model  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, debian_corpus, train_text_sae  # noqa: E402
+from polysteer.plugins.sae import TrainConfig, load_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_smollm2"
 HOOK_POINT = "text.blocks.12.resid_post"
@@ -51,7 +49,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(SHIPPED_SAE))
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     config = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, epochs=args.epochs, warmup_steps=args.warmup)
     start = time.time()
     sae, metrics = train_text_sae(model, tokenizer, debian_corpus(), HOOK_POINT, args.output, args.store,

@@ -32,10 +32,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polysteer.modalities.text.evaluators.instructions import check, read_instructions, word_count  # noqa: E402
-from polysteer.modalities.text.models import load_text_model  # noqa: E402
-from polysteer.modalities.text.sae.guided import fit_saif, follow_rate  # noqa: E402
-from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # noqa: E402
+from polysteer.modalities.text import load_model  # noqa: E402
+from polysteer.modalities.text.evaluators import check, read_instructions, word_count  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, fit_saif, follow_rate  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "saif"
@@ -97,7 +96,7 @@ def main() -> None:
     contents = list(data.contents)
     random.Random(args.seed).shuffle(contents)
     fit, test = contents[: args.fit], contents[args.fit : args.fit + args.test]
-    model, tokenizer = load_text_model(args.model)
+    model, tokenizer = load_model(args.model)
     results = [run_instruction(model, tokenizer, args, n, data.instructions[n], fit, test) for n in names]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

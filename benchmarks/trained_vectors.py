@@ -17,18 +17,14 @@ import argparse
 import sys
 import time
 
-import torch
-
 import axbench_lite as ax
+import torch
 from common import RESULTS, markdown
 from concept_suite import load_suite
-from polysteer import make_finder
-from polysteer.hookpoints import hook_point
-from polysteer.io import write_text_atomic
-from polysteer.modalities.text.generation import collect
-from polysteer.modalities.text.models import load_text_model
-from polysteer.modalities.text.trained.finder import TrainedVector
-from polysteer.modalities.text.trained.data import TrainRow, rows_from_examples
+
+from polysteer import hook_point, make_finder, write_text_atomic
+from polysteer.modalities.text import collect, load_model
+from polysteer.modalities.text.trained import TrainedVector, TrainRow, rows_from_examples
 
 OUT = RESULTS / "trained_vectors"
 
@@ -71,7 +67,7 @@ def main() -> None:
         args.concepts, args.steps = 1, 4
     start = time.time()
     torch.manual_seed(0)
-    model, tokenizer = load_text_model()
+    model, tokenizer = load_model()
     suite = load_suite().subset(limit=args.concepts)
     work = ax.cache_dir() / "axbench-lite"
     # own cache files (axbench_lite may be appending to its own at the same time), seeded with its generations

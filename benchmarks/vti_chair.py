@@ -34,15 +34,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from polysteer.io import atomic_write, write_text_atomic  # noqa: E402
-from polysteer.modalities.vision_language.coco import read_coco  # noqa: E402
-from polysteer.modalities.vision_language.dataset import Sample, read_samples, scene_samples  # noqa: E402
-from polysteer.modalities.vision_language.evaluation import run_chair, run_pope  # noqa: E402
-from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT, encode, format_prompt  # noqa: E402
-from polysteer.modalities.vision_language.hallucination import POPE_TEMPLATE  # noqa: E402
-from polysteer.modalities.vision_language.scenes import OBJECTS  # noqa: E402
-from polysteer.modalities.vision_language.vti import vti_plan  # noqa: E402
-from polysteer.modalities.vision_language.workflow import find_vti, load_vlm  # noqa: E402
+from polysteer import atomic_write, write_text_atomic  # noqa: E402
+from polysteer.modalities.vision_language import (  # noqa: E402
+    DESCRIBE_PROMPT,
+    OBJECTS,
+    POPE_TEMPLATE,
+    Sample,
+    encode,
+    find_vti,
+    format_prompt,
+    load_model,
+    read_coco,
+    read_samples,
+    run_chair,
+    run_pope,
+    scene_samples,
+    vti_plan,
+)
 
 PUBLISHED = {"unsteered": (51.0, 15.2), "VTI": (35.8, 11.1)}  # LLaVA-1.5-7B, CHAIR_S / CHAIR_I in %
 
@@ -182,7 +190,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = load_vlm(args.model)
+    model, processor = load_model(args.model)
     extra = {}
     if args.train_steps:
         losses = train_on_scenes(model, processor, args.train_steps, args.seed)

@@ -6,15 +6,20 @@ import sys
 
 import click
 
-from polysteer.errors import PolysteerError
 from polysteer import manager
+from polysteer.errors import PolysteerError
 from polysteer.manager import load_plugins, plugin_summary, pm
 
 
 @click.group()
 @click.version_option(package_name="polysteer")
 def cli():
-    """Steer generative models at inference time."""
+    """Steer generative models at inference time.
+
+    Every group spells the shared options one way: a command that loads a model takes --model, --device and
+    --dtype; a direction is -d FILE[@COEF]; layers are --layers 12, 8,12, 8-12 or all; a coefficient is --coef X
+    and a list of them --coefs 0,1,2,4.
+    """
 
 
 @cli.command()

@@ -1,4 +1,7 @@
-"""Where and in what precision a model runs: ``auto`` picks CUDA, then MPS, else CPU; bfloat16 on GPU, float32 on CPU."""
+"""Where and in what precision a model runs.
+
+``auto`` picks CUDA, then MPS, else CPU; bfloat16 on a GPU, float32 on CPU.
+"""
 
 from __future__ import annotations
 

@@ -9,15 +9,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from polysteer.capture import write_safetensors_atomic
-from polysteer.engine import Intervention, Plan
+from polysteer.engine import Intervention, Plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.modality import Modality, modality_for
 
 FORMAT_VERSION = 1
 _MANIFEST_KEY = "polysteer"
@@ -69,6 +70,59 @@ class Direction:
             from polysteer import __version__
 
             self.polysteer_version = __version__
+
+    @classmethod
+    def from_fitted(
+        cls,
+        fitted: Mapping[str, Any],
+        *,
+        model: Any,
+        modality: "Modality | str",
+        finder: Any = None,
+        d_model: int | None = None,
+        scaled: bool = True,
+        provenance: dict[str, Any] | None = None,
+        operator: str = "add",
+        coefficient: float = 1.0,
+        weights: dict[str, float] | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> "Direction":
+        """Package fitted finders (or learned vectors) as a Direction, one vector per hook point.
+
+        Args:
+            fitted: hook point -> a fitted finder (its unit ``direction_`` and class separation ``scale_``) or a raw
+                vector (stored unit-normalised, its norm as the scale).
+            model: the model the vectors were found on, or its identity dict (name, architecture, config_hash) when
+                the caller has no model (e.g. an SAE's recorded metadata).
+            modality: the Modality, or its name (then a model's identity comes from the registered modality).
+            finder: the finder whose name and JSON-able ``get_params()`` are recorded, or a ready
+                ``{"name", "params"}`` dict; default: the first fitted finder.
+            d_model: the vectors' width; default: the length of the first vector.
+            scaled: record each scale in ``scales``, so coefficient 1 moves activations by the class separation;
+                False when the coefficient is meant in other units (an SAE latent value).
+            provenance, operator, coefficient, weights, extras: stored as given.
+        """
+        if not fitted:
+            raise PolysteerError("no fitted hook points to make a direction from")
+        vectors, scales = {}, {}
+        for hp, item in fitted.items():
+            vectors[hp], scales[hp] = _unit_and_scale(hp, item)
+        identity = dict(model) if isinstance(model, Mapping) else _modality(model, modality).identity(model)
+        return cls(
+            vectors=vectors, modality=modality.name if isinstance(modality, Modality) else modality, model=identity,
+            d_model=d_model or next(iter(vectors.values())).shape[0], operator=operator, coefficient=coefficient,
+            scales=scales if scaled else {}, weights=dict(weights or {}),
+            finder=_finder_record(finder if finder is not None else next(iter(fitted.values()))),
+            provenance=dict(provenance or {}), extras=dict(extras or {}),
+        )
+
+    def apply(self, model: Any, coefficient: float | None = None, **plan_kwargs: Any):
+        """``with direction.apply(model, coefficient=4.0): ...`` steers ``model`` inside the block only.
+
+        The context manager of :func:`polysteer.steer` with this direction's plan (``plan_kwargs`` go to
+        :meth:`to_plan`: operator, schedule, hook_points, span, branch, ...); every hook is gone after the block.
+        """
+        return steer(model, self.to_plan(coefficient, **plan_kwargs))
 
     @property
     def hook_points(self) -> list[str]:
@@ -179,3 +233,27 @@ class Direction:
             return cls(vectors=vectors, extras=extras, **manifest)
         except TypeError as exc:
             raise PolysteerError(f"{path} has an unexpected manifest: {exc}") from None
+
+
+def _unit_and_scale(hook_point: str, item: Any) -> tuple[torch.Tensor, float]:
+    """A fitted finder's ``(direction_, scale_)``, or a raw vector made unit with its norm as the scale."""
+    if hasattr(item, "direction_"):
+        return item.direction_.detach().float().cpu(), float(item.scale_)
+    vector = torch.as_tensor(item).detach().float().cpu()
+    norm = float(vector.norm())
+    if norm == 0:
+        raise PolysteerError(f"the vector at {hook_point} is zero: nothing to steer with")
+    return vector / norm, norm
+
+
+def _modality(model: Any, modality: "Modality | str") -> Modality:
+    return modality if isinstance(modality, Modality) else modality_for(model, modality)
+
+
+def _finder_record(finder: Any) -> dict[str, Any]:
+    """``{"name", "params"}`` of a finder: its registered name and the parameters JSON can hold."""
+    if isinstance(finder, Mapping):
+        return {"name": finder["name"], "params": dict(finder.get("params", {}))}
+    params = finder.get_params() if hasattr(finder, "get_params") else {}
+    return {"name": getattr(finder, "name", type(finder).__name__),
+            "params": {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, type(None)))}}

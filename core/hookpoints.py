@@ -63,17 +63,36 @@ def guess_layer_prefix(module_names: Iterable[str]) -> str | None:
     return max(counts, key=lambda p: (counts[p], len(p)))
 
 
+LAYER_SPEC_HELP = "'12', '8,12,16', '8-12' or 'all'"
+
+
+def parse_layer_spec(spec: str) -> list[int] | None:
+    """The blocks a layer spec names, or None for ``'all'``; checks the syntax only (no model needed).
+
+    >>> parse_layer_spec("8-10,14")
+    [8, 9, 10, 14]
+    """
+    text = str(spec).strip()
+    if text == "all":
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise PolysteerError(f"bad layer spec {spec!r}: use {LAYER_SPEC_HELP}") from None
+        if last < first:
+            raise PolysteerError(f"bad layer spec {spec!r}: range {part.strip()} runs backwards; write {last}-{first}")
+        layers += range(first, last + 1)
+    return list(dict.fromkeys(layers))
+
+
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """Block indices from ``'12'``, ``'8,12,16'``, ``'8-12'`` or ``'all'``, checked against ``n_layers``."""
-    if spec == "all":
+    layers = parse_layer_spec(spec)
+    if layers is None:
         return list(range(n_layers))
-    layers: list[int] = []
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise PolysteerError(f"bad layer spec {spec!r}: use '12', '8,12,16', '8-12' or 'all'") from None
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise PolysteerError(f"layers {bad} out of range: there are {n_layers} blocks (0-{n_layers - 1})")

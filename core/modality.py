@@ -1,11 +1,12 @@
-"""Modality base class: which models a modality accepts, where its hook points live, how steps count."""
+"""The modality contract: which models a modality accepts, where its hook points live, how steps count, and how
+its models load, give activations and generate."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -109,7 +110,13 @@ def cache_length(kwargs: dict) -> int:
 
 
 class Modality:
-    """Adapter between polysteer's vocabulary and one family of models."""
+    """Adapter between polysteer's vocabulary and one family of models.
+
+    Steering needs ``accepts``, ``hook_points``, ``resolve`` and ``d_model`` (they raise NotImplementedError
+    until a subclass defines them). The workflow contract (``n_layers``, ``load_model``, ``capture``,
+    ``generate``) is optional: a modality that cannot do one of them (open_clip towers cannot generate)
+    keeps the base method, which raises a PolysteerError naming the modality and the operation.
+    """
 
     name: str = ""
     priority: int = 0  # higher is asked first: specific modalities outrank generic ones
@@ -127,6 +134,36 @@ class Modality:
 
     def d_model(self, model: Any, hook_point: HookPoint) -> int:
         raise NotImplementedError
+
+    def n_layers(self, model: Any) -> int:
+        """How many blocks the model's main tower has (the tower its workflows steer by default)."""
+        raise self.unsupported("count layers")
+
+    def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **options: Any) -> tuple[Any, Any]:
+        """``(model, processor)`` in eval mode; the processor is whatever turns inputs into model inputs.
+
+        Args:
+            name: a local folder, hub id or modality-specific name; None is the modality's default model.
+            device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`polysteer.device.resolve_device`).
+            dtype: ``auto``, ``float32``, ``bfloat16``, ... (see :func:`polysteer.device.resolve_dtype`).
+            options: modality-specific loader options (e.g. a backend or a weights file).
+        """
+        raise self.unsupported("load models")
+
+    def capture(self, model: Any, processor: Any, inputs: Sequence[Any], hook_points: Sequence[str],
+                **options: Any) -> dict[str, torch.Tensor]:
+        """Pooled activations ``{hook_point: [len(inputs), d_model]}`` of ``inputs``, in their order."""
+        raise self.unsupported("capture activations")
+
+    def generate(self, model: Any, processor: Any, inputs: Sequence[Any], plan: Any = None, **options: Any) -> Any:
+        """One output per input, steered by ``plan`` (a Plan, Intervention list or None) while it generates."""
+        raise self.unsupported("generate")
+
+    def unsupported(self, operation: str, hint: str = "") -> PolysteerError:
+        """The error a contract method raises for an operation this modality does not offer."""
+        return PolysteerError(f"the {self.name or type(self).__name__!r} modality cannot {operation}"
+                              + (f": {hint}" if hint else ""))
 
     def tracker(self, model: Any) -> StepTracker:
         return StepTracker(model)

@@ -48,19 +48,14 @@ class ModelFinder(DirectionFinder):
 
     def to_direction(self, model: Any, modality: Modality, provenance: dict | None = None) -> Direction:
         """Package the learned vectors: unit vectors with their norm as the scale, so coefficient 1 is as trained."""
-        vectors, scales, extras = {}, {}, {}
-        for hp, v in self.vectors_.items():
-            norm = float(v.norm())
-            if norm == 0:
-                raise PolysteerError(f"the learned vector at {hp} is zero: training made no progress; "
-                                     "raise lr or steps")
-            vectors[hp], scales[hp] = v.detach().float().cpu() / norm, norm
-            for key, tensor in self.operator_params_.get(hp, {}).items():
-                extras[operator_param_key(hp, key)] = tensor.detach().float().cpu().clone()
-        params = {k: v for k, v in self.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
-        return Direction(
-            vectors=vectors, modality=modality.name, model=modality.identity(model),
-            d_model=next(iter(vectors.values())).shape[0], operator=self.operator_name if extras else "add",
-            scales=scales, finder={"name": self.name, "params": params}, extras=extras,
-            provenance={"history": self.history_[-1:] if self.history_ else [], **(provenance or {})},
+        zero = [hp for hp, v in self.vectors_.items() if float(v.norm()) == 0]
+        if zero:
+            raise PolysteerError(f"the learned vector at {zero[0]} is zero: training made no progress; "
+                                 "raise lr or steps")
+        extras = {operator_param_key(hp, key): tensor.detach().float().cpu().clone()
+                  for hp in self.vectors_ for key, tensor in self.operator_params_.get(hp, {}).items()}
+        history = self.history_[-1:] if self.history_ else []
+        return Direction.from_fitted(
+            self.vectors_, model=model, modality=modality, finder=self, extras=extras,
+            operator=self.operator_name if extras else "add", provenance={"history": history, **(provenance or {})},
         )

@@ -5,16 +5,21 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import tiny_model, tiny_tokenizer
 
 from polysteer import Direction, PolysteerError
-from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.cli.sae import explain
+from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.sae.decompose import applied_vector, token_activations
-from polysteer.plugins.sae.model import SAE
 from polysteer.plugins.sae.decompose import (
-    contrast_decomposition, decoder_cosine, measure_typical_norm, norm_warning, reconstruction_cosine, typical_norm,
+    contrast_decomposition,
+    decoder_cosine,
+    measure_typical_norm,
+    norm_warning,
+    reconstruction_cosine,
+    typical_norm,
 )
-from tiny import tiny_model, tiny_tokenizer
+from polysteer.plugins.sae.model import SAE
 
 HP = "text.blocks.1.resid_post"
 

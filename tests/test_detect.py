@@ -61,7 +61,8 @@ def test_every_detector_separates_separable_data_and_not_shuffled_labels(pooling
     tokens, labels = synthetic()
     train, test = torch.arange(0, 200), torch.arange(200, 400)
     pooled = tokens.select(train).pool()
-    detectors = {"direction": DirectionDetector(torch.eye(16)[0]), "feature": FeatureDetector(axis_sae(hook_point=None), 0)}
+    detectors = {"direction": DirectionDetector(torch.eye(16)[0]),
+                 "feature": FeatureDetector(axis_sae(hook_point=None), 0)}
     detectors.update({name: FinderDetector.fit(name, pooled, labels[train]) for name in ("diffmean", "probe", "rfm")})
     for name, detector in detectors.items():
         scores = detector.passage_scores(tokens.select(test), pooling)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import tiny_model
 
 from polysteer import Direction, PolysteerError
 from polysteer.modalities.text.modality import TextModality
-from tiny import tiny_model
 
 
 def make(model, d=None):

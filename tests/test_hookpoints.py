@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from tiny import TINY_CONFIGS, tiny_model
 from torch import nn
 
 from polysteer import HookPoint, PolysteerError, modality_for
 from polysteer.hookpoints import guess_layer_prefix
 from polysteer.modalities.text.modality import TextModality, layer_prefix
-from tiny import TINY_CONFIGS, tiny_model
 
 EXPECTED_PREFIX = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
                    "gemma2": "model.layers", "phi3": "model.layers", "gpt2": "transformer.h",

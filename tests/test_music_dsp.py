@@ -6,8 +6,13 @@ import pytest
 from polysteer import PolysteerError, registry
 from polysteer.modalities.music import dsp, synth
 from polysteer.modalities.music.audio import read_audio, write_wav
-from polysteer.modalities.music.evaluators import (ChordAccuracy, NoteAccuracy, NoteShare, TempoEstimate,
-                                                   frechet_distance)
+from polysteer.modalities.music.evaluators import (
+    ChordAccuracy,
+    NoteAccuracy,
+    NoteShare,
+    TempoEstimate,
+    frechet_distance,
+)
 
 SR = 16000
 

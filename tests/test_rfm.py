@@ -9,9 +9,9 @@ from sklearn.metrics import roc_auc_score
 from polysteer import PolysteerError, make_finder, registry
 from polysteer.finder import fit_layers
 from polysteer.plugins.finders.linear import DiffMean
+from polysteer.plugins.rfm import layer_weights, rank_layers
 from polysteer.plugins.rfm.finder import RFM
 from polysteer.plugins.rfm.kernels import LaplaceKernel, agop, predict, solve_exact, solve_nystrom
-from polysteer.plugins.rfm import layer_weights, rank_layers
 from polysteer.plugins.rfm.multi import _round_robin, fit_multiclass
 
 D = 16

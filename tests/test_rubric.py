@@ -4,7 +4,13 @@ import pytest
 
 from polysteer import PolysteerError, registry
 from polysteer.modalities.text.evaluators.rubric import (
-    AxBenchScore, ConceptScore, FluencyScore, InstructionScore, Thresholds, calibrate, harmonic_mean,
+    AxBenchScore,
+    ConceptScore,
+    FluencyScore,
+    InstructionScore,
+    Thresholds,
+    calibrate,
+    harmonic_mean,
     repetition_penalty,
 )
 

@@ -159,7 +159,8 @@ def test_feature_direction_save_load_and_plans(tmp_path, llama):
 def test_a_saved_clamp_direction_rebuilds_its_operator_in_to_plan(tmp_path, llama):
     sae = random_sae()
     sae.save(tmp_path / "sae")
-    feature_direction(sae, 5, HP, operator="sae_clamp", sae_path=str(tmp_path / "sae")).save(tmp_path / "f5.safetensors")
+    direction = feature_direction(sae, 5, HP, operator="sae_clamp", sae_path=str(tmp_path / "sae"))
+    direction.save(tmp_path / "f5.safetensors")
     loaded = Direction.load(tmp_path / "f5.safetensors")
     (iv,) = loaded.to_plan(9.0)
     assert isinstance(iv.operator, SAEClamp) and iv.operator.feature == 5

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from tiny import random_sae
+from tiny import fuzz_settings, random_sae
 
 from polysteer import PolysteerError
 from polysteer.plugins.sae import SAE
@@ -97,7 +97,7 @@ KEYS = st.sampled_from(["d_in", "d_sae", "architecture", "k", "activation_fn_str
                         "metadata"])
 
 
-@settings(max_examples=500)
+@fuzz_settings(500)
 @given(st.dictionaries(KEYS, JSON, max_size=8),
        st.dictionaries(st.sampled_from(["W_enc", "W_dec", "threshold"]),
                        st.lists(st.integers(0, 40), min_size=1, max_size=3).map(tuple), max_size=3))

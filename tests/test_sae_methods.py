@@ -6,16 +6,20 @@ import random
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import WORDS
 
 from polysteer import Direction, PolysteerError
-from polysteer.modalities.text.generation import format_prompt
 from polysteer.modalities.text.cli.sae import explain, sae
+from polysteer.modalities.text.generation import format_prompt
 from polysteer.modalities.text.sae.corrsteer import (
-    StreamingPearson, _record_generated, corrsteer, corrsteer_plan, side_effect_ratio,
+    StreamingPearson,
+    _record_generated,
+    corrsteer,
+    corrsteer_plan,
+    side_effect_ratio,
 )
 from polysteer.modalities.text.sae.ts import fit_effect_model, measure_effects, scale_for_loss
 from polysteer.plugins.sae.model import SAE
-from tiny import WORDS
 
 HP = "text.blocks.1.resid_post"
 PROMPTS = ["tell me about the ocean", "describe a good day", "what is your favorite food", "write a short note"]

@@ -5,16 +5,20 @@ import random
 
 import pytest
 import torch
+from tiny import WORDS
 
 from polysteer import PolysteerError
 from polysteer.modalities.text.sae.explain import describe, token_change, top_snippets, vocab_proj
 from polysteer.modalities.text.sae.select import (
-    _score, feature_stats, input_scores, output_scores, top_tokens,
+    _score,
+    feature_stats,
+    input_scores,
+    output_scores,
+    top_tokens,
 )
 from polysteer.modalities.text.sae.store import ActivationStore
 from polysteer.plugins.sae.model import SAE
 from polysteer.plugins.sae.steer import SAEClamp, SAEContrast, filter_features
-from tiny import WORDS
 
 LAST = "text.blocks.2.resid_post"
 

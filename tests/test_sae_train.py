@@ -4,16 +4,16 @@ import random
 
 import pytest
 import torch
+from tiny import WORDS
 
 from polysteer import PolysteerError
 from polysteer.capture import capture
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.sae.corpus import token_windows
-from polysteer.modalities.text.sae.store import ActivationStore
 from polysteer.modalities.text.sae.lm_loss import spliced_loss
-from polysteer.plugins.sae.trainer import TrainConfig, _Trainer, evaluate_sae, train_sae
+from polysteer.modalities.text.sae.store import ActivationStore
 from polysteer.plugins.sae.model import SAE
-from tiny import WORDS
+from polysteer.plugins.sae.trainer import TrainConfig, _Trainer, evaluate_sae, train_sae
 
 HP = "text.blocks.1.resid_post"
 CONTEXT = 16

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from tiny import fuzz_settings
 
 from polysteer import PolysteerError, parse_schedule
 
@@ -102,7 +103,7 @@ def test_specs_keep_their_signs_and_refuse_non_finite_numbers(spec, attrs):
         assert parse_schedule(spec).__dict__ == attrs
 
 
-@settings(max_examples=400)
+@fuzz_settings(400)
 @given(st.text(alphabet="abcdegilnoprstuwx-:,.*=0123456789se+ ", max_size=40)
        | st.sampled_from(["window:", "ramp:1s-2s", "exp-decay:", "inject-chance:,", "layer-weights:=", "*"])
        .flatmap(lambda head: st.text(alphabet="-0123456789.,es=:*nai", max_size=12).map(lambda tail: head + tail)))

@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import tiny_model, tiny_tokenizer
 
 from polysteer import Direction, Intervention, PolysteerError, make_finder, registry, steer
 from polysteer.cli import get_cli, main
 from polysteer.modalities.text.modality import TextModality
-from polysteer.modalities.text.trained.finder import TrainedVector
 from polysteer.modalities.text.trained.data import TrainRow
+from polysteer.modalities.text.trained.finder import TrainedVector
 from polysteer.modalities.text.trained.objectives import Supervised, contrast_penalty
 from polysteer.plugins.operators.gated import GatedAdd, LearnedAdd
-from tiny import tiny_model, tiny_tokenizer
 
 MODEL_FINDERS = sorted(n for n, item in registry("direction_finders").items.items() if getattr(item, "needs_model", 0))
 PROMPTS = ["tell me about the day", "what is the weather", "describe a park", "write a note", "my friend is",

@@ -6,7 +6,14 @@ from polysteer import PolysteerError
 from polysteer.manager import registry
 from polysteer.modalities.vision_language.coco import COCO_SYNONYMS
 from polysteer.modalities.vision_language.hallucination import (
-    Chair, ObjectVocabulary, Pope, PopeQuestion, chair, pope_answer, pope_metrics, pope_questions,
+    Chair,
+    ObjectVocabulary,
+    Pope,
+    PopeQuestion,
+    chair,
+    pope_answer,
+    pope_metrics,
+    pope_questions,
 )
 from polysteer.modalities.vision_language.scenes import SYNONYMS, make_scenes
 

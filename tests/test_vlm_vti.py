@@ -13,7 +13,12 @@ from polysteer.modalities.vision_language.dataset import Sample, scene_samples
 from polysteer.modalities.vision_language.generation import encode, format_prompt
 from polysteer.modalities.vision_language.tiny import tiny_vlm
 from polysteer.modalities.vision_language.vti import (
-    VTI, TokenRotate, mask_patches, rank1_direction, visual_directions, vti_plan,
+    VTI,
+    TokenRotate,
+    mask_patches,
+    rank1_direction,
+    visual_directions,
+    vti_plan,
 )
 from polysteer.modalities.vision_language.workflow import caption_direction, direction_plan, find_vti
 

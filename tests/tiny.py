@@ -77,3 +77,14 @@ def axis_sae(d: int = 16, architecture: str = "standard", hook_point: str | None
         sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
         sae.W_enc.copy_(sae.W_dec.T)
     return sae
+
+
+def fuzz_settings(examples: int):
+    """Hypothesis settings for the parser fuzz tests: derandomized in the suite, so CI is reproducible;
+    ``POLYSTEER_FUZZ_EXAMPLES=N`` runs N random examples instead (for a long local fuzz)."""
+    import os
+
+    from hypothesis import settings
+
+    wanted = os.environ.get("POLYSTEER_FUZZ_EXAMPLES")
+    return settings(max_examples=int(wanted or examples), derandomize=wanted is None, database=None)

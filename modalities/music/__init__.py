@@ -1,7 +1,30 @@
-"""The music modality plugin: MusicGen (transformers and audiocraft), audio evaluators and ``polysteer music``."""
+"""The music modality: MusicGen (transformers and audiocraft), concept directions from synthetic audio, steered
+generation, audio evaluators and ``polysteer music``.
+
+``from polysteer.modalities import music``, then ``model, tokenizer = music.load_model("tiny:transformers")``,
+``music.find_concepts(model, ["note:E"])``, ``music.generate_audio(model, prompts, plan, tokenizer=tokenizer)``.
+Names load on first use.
+"""
 
 from polysteer.hookspecs import hookimpl
+from polysteer.lazy import lazy_exports
 from polysteer.modalities.music.modality import MusicModality
+
+_EXPORTS = {
+    "load_model": ".models:load_music_model",
+    **dict.fromkeys(("TINY", "tiny_musicgen"), ".models"),
+    "collect_audio": ".capture",
+    **dict.fromkeys(("build_plan", "generate_audio"), ".generation"),
+    **dict.fromkeys(("Concept", "ConceptFit", "concept_clips", "default_finder", "find_concepts", "fit_concept"),
+                    ".workflow"),
+    **dict.fromkeys(("CHORD_QUALITIES", "PITCH_CLASSES", "Clip", "chords", "notes", "render"), ".synth"),
+    **dict.fromkeys(("ChordAccuracy", "FrechetAudioDistance", "NoteAccuracy", "NoteShare", "TempoEstimate"),
+                    ".evaluators"),
+    **dict.fromkeys(("read_audio", "write_wav"), ".audio"),
+    **dict.fromkeys(("chromagram", "estimate_chord", "estimate_note", "estimate_tempo"), ".dsp"),
+}
+__all__ = sorted([*_EXPORTS, "MusicModality"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 @hookimpl

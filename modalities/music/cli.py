@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from polysteer import hookpoints
 from polysteer.errors import PolysteerError
+from polysteer.options import coef_option, direction_option, layers_option, model_options, resolve_layers
 
 backend_option = click.option("--backend", default="auto", show_default=True,
                               type=click.Choice(["auto", "transformers", "audiocraft"]),
@@ -19,11 +19,6 @@ backend_option = click.option("--backend", default="auto", show_default=True,
 @click.group()
 def music():
     """Steer MusicGen: find note/chord directions, generate steered audio, evaluate audio."""
-
-
-def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
-    """None (every decoder block) or the blocks of a spec such as '12', '8,12', '8-12' or 'all'."""
-    return None if spec is None else hookpoints.parse_layers(spec, n_layers)
 
 
 def _integers(spec: str, option: str) -> list[int]:
@@ -36,10 +31,10 @@ def _integers(spec: str, option: str) -> list[int]:
 @music.command()
 @click.option("--concept", "concepts", multiple=True, required=True,
               help="note:<pitch class> (note:E) or chord:<quality> (chord:minor); repeat for several.")
-@click.option("--model", "model_name", required=True, help="Local path or hub id; tiny:transformers for a dry run.")
+@model_options(required=True, help="Local path or hub id; tiny:transformers for a dry run.")
 @backend_option
 @click.option("--finder", help="Registered finder (default: rfm if installed, else diffmean).")
-@click.option("--layers", help="Decoder blocks to probe: 'all' (default), '12', '8,12' or '8-12'.")
+@layers_option(help="Decoder blocks to probe (default: all).")
 @click.option("--top-k", type=int, help="Keep only the k layers with the best validation AUC.")
 @click.option("--variants", default=2, show_default=True, help="Random variants of each synthetic clip.")
 @click.option("--seconds", default=1.0, show_default=True, help="Length of each synthetic clip.")
@@ -49,15 +44,15 @@ def _integers(spec: str, option: str) -> list[int]:
 @click.option("--cache-dir", type=click.Path(), help="Reuse activations saved here.")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Direction file for one concept; for several, a folder that gets one file per concept.")
-def find(concepts, model_name, backend, finder, layers, top_k, variants, seconds, octaves, val_fraction, seed,
-         cache_dir, output):
+def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, variants, seconds, octaves, val_fraction,
+         seed, cache_dir, output):
     """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted)."""
-    from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.modality import MusicModality
+    from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.workflow import find_concepts
 
-    model, _ = load_music_model(model_name, backend)
-    layer_list = parse_layers(layers, MusicModality().n_layers(model))
+    model, _ = load_music_model(model_name, backend, device, dtype)
+    layer_list = resolve_layers(layers, MusicModality().n_layers(model))
     octave_list = _integers(octaves, "--octaves") if octaves else None
     fits = find_concepts(model, concepts, layer_list, finder, seconds, variants, val_fraction, top_k, seed,
                          cache_dir, octave_list)
@@ -70,39 +65,38 @@ def find(concepts, model_name, backend, finder, layers, top_k, variants, seconds
 
 @music.command()
 @click.argument("prompt")
-@click.option("--direction", "directions", multiple=True, help="Direction file, or FILE@COEF; repeatable.")
-@click.option("--coef", default=1.0, show_default=True, help="Coefficient for directions without @COEF.")
+@direction_option(multiple=True)
+@coef_option(1.0, help="Coefficient for directions without @COEF.")
 @click.option("--schedule", "schedules", multiple=True,
               help="One for all directions or one each, e.g. ramp:5s-15s, exp-decay:0.998, window:2s-4s; "
                    "crossfade two directions with decay:5s-10s and ramp:5s-10s.")
 @click.option("--branch", default="both", show_default=True, type=click.Choice(["both", "cond", "uncond"]),
               help="Classifier-free-guidance half to steer.")
 @click.option("--seconds", default=10.0, show_default=True)
-@click.option("--model", "model_name", help="Local path or hub id (default: the model the direction was made on).")
+@model_options(help="Local path or hub id (default: the model the direction was made on).")
 @backend_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--guidance", default=3.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of top-k sampling.")
 @click.option("--force", is_flag=True, help="Use a direction made on another model with the same width.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="WAV file to write.")
-def generate(prompt, directions, coef, schedules, branch, seconds, model_name, backend, seed, guidance, greedy, force,
-             output):
+def generate(prompt, directions, coef, schedules, branch, seconds, model_name, device, dtype, backend, seed, guidance,
+             greedy, force, output):
     """Generate a WAV from a text PROMPT, steered by direction files."""
     from polysteer.direction import Direction
     from polysteer.modalities.music.audio import write_wav
     from polysteer.modalities.music.generation import build_plan, generate_audio
-    from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.modality import MusicModality
+    from polysteer.modalities.music.models import load_music_model
 
-    loaded = [(Direction.load(path), float(own) if own else coef)
-              for path, _, own in (spec.partition("@") for spec in directions)]
+    loaded = [(Direction.load(path), coef if own is None else own) for path, own in directions]
     if not model_name and loaded:  # the model the first direction was made on
         model_name = loaded[0][0].model.get("name")
         if backend == "auto" and loaded[0][0].model.get("architecture", "").startswith("audiocraft"):
             backend = "audiocraft"
     if not model_name:
         raise PolysteerError("give --model (no direction names the model it was made on)")
-    model, tokenizer = load_music_model(model_name, backend)
+    model, tokenizer = load_music_model(model_name, backend, device, dtype)
     plan = build_plan(model, [d for d, _ in loaded], [c for _, c in loaded], list(schedules) or [None], branch,
                       force) if loaded else None
     audio = generate_audio(model, [prompt], plan, seconds, tokenizer, seed, sample=not greedy, guidance=guidance)
@@ -117,16 +111,16 @@ def generate(prompt, directions, coef, schedules, branch, seconds, model_name, b
 @click.option("--tempo", is_flag=True, help="Estimate each clip's tempo.")
 @click.option("--reference", "references", multiple=True, type=click.Path(),
               help="Reference WAVs (e.g. unsteered) for the Frechet distance on the model's EnCodec embeddings.")
-@click.option("--model", "model_name", help="Model whose audio encoder embeds clips (needed with --reference).")
+@model_options(help="Model whose audio encoder embeds clips (needed with --reference).")
 @backend_option
-def evaluate(files, target_note, target_chord, tempo, references, model_name, backend):
+def evaluate(files, target_note, target_chord, tempo, references, model_name, device, dtype, backend):
     """Measure FILES: target note/chord accuracy, tempo, and a Frechet distance to --reference clips."""
     from polysteer.modalities.music.audio import read_audio
     from polysteer.modalities.music.evaluators import ChordAccuracy, NoteAccuracy, TempoEstimate
 
     if not (target_note or target_chord or tempo or references):
         raise PolysteerError("nothing to measure: give --target-note, --target-chord, --tempo or --reference")
-    model, rate = _embedding_model(model_name, backend) if references else (None, None)
+    model, rate = _embedding_model(model_name, backend, device, dtype) if references else (None, None)
     clips = [read_audio(path, rate) for path in files]
     rate = rate or clips[0][1]
     if any(r != rate for _, r in clips):
@@ -145,12 +139,12 @@ def evaluate(files, target_note, target_chord, tempo, references, model_name, ba
     click.echo(json.dumps({"mean": {k: float(np.mean(v)) for k, v in scores.items()}}))
 
 
-def _embedding_model(model_name: str | None, backend: str):
+def _embedding_model(model_name: str | None, backend: str, device: str, dtype: str):
     """The model whose EnCodec embeds clips for the Frechet distance, and its sample rate."""
     if not model_name:
         raise PolysteerError("--reference needs --model: the Frechet distance uses its EnCodec embeddings")
-    from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.modality import MusicModality
+    from polysteer.modalities.music.models import load_music_model
 
-    model, _ = load_music_model(model_name, backend)
+    model, _ = load_music_model(model_name, backend, device, dtype)
     return model, MusicModality().backend(model).sample_rate

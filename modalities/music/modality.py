@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import SITES, HookPoint
-from polysteer.modality import Modality, StepState, StepTracker, Target
 from polysteer.modalities.music.backends import DEFAULT_FRAME_RATE, Backend, backend_for
+from polysteer.modality import Modality, StepState, StepTracker, Target
 
 BRANCHES = ("both", "cond", "uncond")
 
@@ -69,6 +70,34 @@ class MusicModality(Modality):
 
     def n_layers(self, model: Any) -> int:
         return len(self.backend(model).blocks())
+
+    def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **options: Any) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` (None for audiocraft); ``options``: ``backend`` (see ``load_music_model``)."""
+        from polysteer.modalities.music.models import TINY, load_music_model
+
+        if name is None:
+            raise PolysteerError("music has no default model: name a MusicGen folder or hub id "
+                                 f"(facebook/musicgen-small) or a random test model ({', '.join(TINY)})")
+        return load_music_model(name, device=device, dtype=dtype, **options)
+
+    def capture(self, model: Any, processor: Any, inputs: Sequence[Any], hook_points: Sequence[str],
+                **options: Any) -> dict[str, torch.Tensor]:
+        """Mean-pooled decoder activations of mono audio clips (teacher-forced through the model's own codec).
+
+        ``options``: sample_rate (default: the model's), batch_size, cache_dir (see ``collect_audio``).
+        """
+        from polysteer.modalities.music.capture import collect_audio
+
+        sample_rate = options.pop("sample_rate", None) or self.backend(model).sample_rate
+        return collect_audio(model, inputs, hook_points, sample_rate, **options)
+
+    def generate(self, model: Any, processor: Any, inputs: Sequence[str], plan: Any = None,
+                 **options: Any) -> np.ndarray:
+        """``[B, channels, samples]`` audio for text prompts; ``options``: seconds, seed, sample, guidance, ..."""
+        from polysteer.modalities.music.generation import generate_audio
+
+        return generate_audio(model, inputs, plan, tokenizer=processor, **options)
 
     def hook_points(self, model: Any) -> list[str]:
         return [str(HookPoint("decoder", i, site)) for i in range(self.n_layers(model)) for site in SITES]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polysteer.device import resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
 
 TINY = {"tiny:transformers": "transformers", "tiny:audiocraft": "audiocraft"}
@@ -23,46 +24,68 @@ _TINY_WORDS = (
 _TINY = dict(dim=16, layers=3, heads=2, codebooks=4, card=64, sample_rate=16000, ratios=[8, 5, 4, 2])
 
 
-def load_music_model(name_or_path: str, backend: str = "auto", device: str | None = None) -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)``; the tokenizer is None for audiocraft, which tokenizes itself.
+def load_music_model(name_or_path: str, backend: str = "auto", device: str | torch.device = "auto",
+                     dtype: str | torch.dtype = "auto") -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` on ``device`` in ``dtype``; the tokenizer is None for audiocraft.
 
     Args:
         name_or_path: a local folder or hub id (``facebook/musicgen-small``), or ``tiny:transformers`` /
             ``tiny:audiocraft`` for random test models.
         backend: ``transformers``, ``audiocraft``, or ``auto`` (a folder with ``config.json`` or any hub
             id loads with transformers; a folder with audiocraft's ``state_dict.bin`` with audiocraft).
-        device: torch device; default CPU.
+        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
     if backend not in BACKEND_NAMES:
         raise PolysteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
+    place = resolve_device(device)
+    precision = resolve_dtype(dtype, place)
     if name_or_path in TINY:
-        return tiny_musicgen(TINY[name_or_path])
+        model, tokenizer = tiny_musicgen(TINY[name_or_path])
+        return _place(model, place, precision), tokenizer
     if backend == "auto":
         backend = "audiocraft" if (Path(name_or_path) / "state_dict.bin").exists() else "transformers"
     if backend == "audiocraft":
-        return _load_audiocraft(name_or_path, device or "cpu"), None
-    return _load_transformers(name_or_path, device or "cpu")
+        return _place(_load_audiocraft(name_or_path, place), place, precision), None
+    return _load_transformers(name_or_path, place, precision)
 
 
-def _load_transformers(name_or_path: str, device: str):
+def _place(model, device: torch.device, dtype: torch.dtype):
+    """Move a model to ``device`` in ``dtype``; the EnCodec codec stays float32, since audio comes in as float32.
+
+    audiocraft's MusicGen (not a Module) keeps float32 weights and autocasts to ``dtype``, as it does on a GPU.
+    """
+    if isinstance(model, torch.nn.Module):
+        model.to(device=device, dtype=dtype).audio_encoder.float()
+        return model.eval()
+    from audiocraft.utils.autocast import TorchAutocast
+
+    model.lm.to(device)
+    model.compression_model.to(device)
+    model.device = device
+    model.autocast = TorchAutocast(enabled=dtype != torch.float32, device_type=device.type, dtype=dtype)
+    return model
+
+
+def _load_transformers(name_or_path: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+        model = MusicgenForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with transformers: {exc}") from None
-    return model.to(device).eval(), tokenizer
+    return _place(model, device, dtype), tokenizer
 
 
-def _load_audiocraft(name_or_path: str, device: str):
+def _load_audiocraft(name_or_path: str, device: torch.device):
     try:
         from audiocraft.models import MusicGen
     except ImportError:
         raise PolysteerError(
             "audiocraft is not installed: run scripts/install.sh (it adds audiocraft with --no-deps)") from None
     try:
-        return MusicGen.get_pretrained(name_or_path, device=device)
+        return MusicGen.get_pretrained(name_or_path, device=str(device))
     except (OSError, RuntimeError, ValueError) as exc:
         raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with audiocraft: {exc}") from None
 
@@ -76,8 +99,13 @@ def tiny_musicgen(backend: str = "transformers", seed: int = 0) -> tuple[Any, An
 
 
 def _tiny_transformers():
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     t = _TINY
     text = T5Config(vocab_size=len(_TINY_WORDS) + 3, d_model=t["dim"], d_kv=8, d_ff=2 * t["dim"], num_layers=1,

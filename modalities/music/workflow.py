@@ -18,13 +18,11 @@ from tqdm.auto import tqdm
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
 from polysteer.finder import make_finder
-from polysteer.plugins.rfm import layer_weights
 from polysteer.hookpoints import hook_point
 from polysteer.manager import registry
 from polysteer.modalities.music import synth
-from polysteer.modalities.music.capture import collect_audio
 from polysteer.modalities.music.modality import MusicModality
-
+from polysteer.plugins.rfm import layer_weights
 
 
 @dataclass(frozen=True)
@@ -110,16 +108,9 @@ def fit_concept(model: Any, concept: Concept, acts: dict[str, torch.Tensor], cli
         fitted[hp] = make_finder(proto).fit(X_tr[y_tr], X_tr[~y_tr])
         if len(val):
             aucs[hp] = float(roc_auc_score(labels[val], fitted[hp].score(X[val]).detach().numpy()))
-    modality = MusicModality()
-    params = {k: v for k, v in proto.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
-    direction = Direction(
-        vectors={hp: f.direction_ for hp, f in fitted.items()},
-        modality=modality.name,
-        model=modality.identity(model),
-        d_model=next(iter(fitted.values())).direction_.shape[0],
-        scales={hp: float(f.scale_) for hp, f in fitted.items()},
+    direction = Direction.from_fitted(
+        fitted, model=model, modality=MusicModality(), finder=proto,
         weights=layer_weights(aucs, top_k=top_k) if aucs else {},
-        finder={"name": proto.name, "params": params},
         provenance={"concept": str(concept), "data": "polysteer synthetic audio", "n_train": len(train),
                     "n_val": len(val), "val_auc": aucs, "pooling": "mean over teacher-forced frames",
                     "top_k": top_k},
@@ -153,7 +144,8 @@ def find_concepts(model: Any, concepts: Sequence[str], layers: Sequence[int] | N
     results = {}
     for kind in sorted({c.kind for c in parsed}):
         clips = concept_clips(kind, sample_rate, seconds, variants, seed, octaves)
-        acts = collect_audio(model, [c.audio for c in clips], points, sample_rate, cache_dir=cache_dir)
+        acts = modality.capture(model, None, [c.audio for c in clips], points, sample_rate=sample_rate,
+                                cache_dir=cache_dir)
         for concept in tqdm([c for c in parsed if c.kind == kind], desc=f"fitting {kind} probes", leave=False):
             results[str(concept)] = fit_concept(model, concept, acts, clips, finder, val_fraction, top_k, seed,
                                                 **finder_params)

@@ -1,7 +1,30 @@
-"""The text modality plugin: HF causal LMs, their judges and the text commands."""
+"""The text modality: Hugging Face causal LMs, their workflows, judges and commands.
+
+``from polysteer.modalities import text``, then ``model, tokenizer = text.load_model()``,
+``text.find_direction(...)``, ``text.generate(...)``. Names load on first use, so registering the plugin
+(every ``polysteer`` command does) does not import transformers.
+"""
 
 from polysteer.hookspecs import hookimpl
+from polysteer.lazy import lazy_exports
 from polysteer.modalities.text.modality import TextModality
+
+_EXPORTS = {
+    **dict.fromkeys(("Example", "collect", "format_prompt", "generate", "persona_answers", "persona_examples",
+                     "token_labels"), ".generation"),
+    **dict.fromkeys(("ConceptRate", "choose_layers", "concept_rate", "default_layer", "find_direction",
+                     "persona_data"), ".workflow"),
+    **dict.fromkeys(("EVAL_PROMPTS", "PERSONAS", "PersonaPair", "TRAIN_QUESTIONS"), ".presets"),
+    **dict.fromkeys(("DEFAULT_MODEL", "cache_dir"), ".models"),
+    "load_model": ".models:load_text_model",
+    **dict.fromkeys(("markdown_table", "score_rows", "summarize", "sweep_direction"), ".sweep"),
+    **dict.fromkeys(("FeatureAttribution", "LayerAttribution", "feature_attribution", "layer_attribution",
+                     "rank_by_attribution", "rank_direction_layers"), ".attribution"),
+    **dict.fromkeys(("read_texts", "score_texts", "text_activations"), ".detect"),
+    **dict.fromkeys(("export_gguf", "import_gguf"), ".gguf_control"),
+}
+__all__ = sorted([*_EXPORTS, "TextModality"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from polysteer.errors import PolysteerError
 from polysteer.modalities.text.generation import Example, collect, token_labels
 from polysteer.plugins.detection import Detector, TokenActivations
 
-_LABELS = {0: 0, 1: 1, False: 0, True: 1, "negative": 0, "positive": 1}
+_LABELS = {0: 0, 1: 1, "negative": 0, "positive": 1}  # True and False hash as 1 and 0
 
 
 def read_texts(path: str | Path) -> tuple[list[str], list[int] | None]:
@@ -47,7 +47,8 @@ def text_activations(model, tokenizer, texts: Sequence[str], hook_point: str, pr
 
 
 def score_texts(model, tokenizer, texts: Sequence[str], detector: Detector, hook_point: str, pooling: str = "mean",
-                max_norm: float | None = None, prompts: Sequence[str] | None = None, chat: bool = False) -> torch.Tensor:
+                max_norm: float | None = None, prompts: Sequence[str] | None = None,
+                chat: bool = False) -> torch.Tensor:
     """``[len(texts)]`` passage scores; tokens above ``max_norm`` (attention sinks) are left out."""
     tokens = text_activations(model, tokenizer, texts, hook_point, prompts, chat).without_outliers(max_norm)
     return detector.passage_scores(tokens, pooling)

@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from polysteer.capture import cache_key, cached_capture, capture
 from polysteer.engine import Plan, as_plan, steer
 from polysteer.errors import PolysteerError
-
 from polysteer.modalities.text.modality import TextModality
 
 PERSONA_TEMPLATE = "Act as if you are {persona}."
@@ -43,12 +42,19 @@ def _encode(tokenizer, example: Example, chat: bool) -> tuple[list[int], int]:
     if example.prompt is None:
         ids = tokenizer(example.text).input_ids
         return ids, 1 if len(ids) > 1 else 0  # skip the first token: its activation norm is huge
-    prefix = tokenizer(format_prompt(tokenizer, example.prompt, example.system, chat), add_special_tokens=False).input_ids
+    prompt = format_prompt(tokenizer, example.prompt, example.system, chat)
+    prefix = tokenizer(prompt, add_special_tokens=False).input_ids
     body = tokenizer(example.text, add_special_tokens=False).input_ids if example.text else []
     return prefix + body, len(prefix) if body else len(prefix) - 1
 
 
-def _batches(tokenizer, encoded: list[tuple[list[int], int]], batch_size: int) -> Iterator[dict[str, Any]]:
+def _device(model) -> torch.device:
+    """Where the model's weights are: tokenised inputs go there."""
+    return next(model.parameters()).device
+
+
+def _batches(tokenizer, encoded: list[tuple[list[int], int]], batch_size: int,
+             device: torch.device | str = "cpu") -> Iterator[dict[str, Any]]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
@@ -60,7 +66,7 @@ def _batches(tokenizer, encoded: list[tuple[list[int], int]], batch_size: int) -
             ids[row, : len(tokens)] = torch.tensor(tokens)
             attn[row, : len(tokens)] = 1
             pool_mask[row, first : len(tokens)] = True
-        yield {"inputs": {"input_ids": ids, "attention_mask": attn}, "mask": pool_mask}
+        yield {"inputs": {"input_ids": ids.to(device), "attention_mask": attn.to(device)}, "mask": pool_mask}
 
 
 def collect(
@@ -92,7 +98,7 @@ def _collect(model, tokenizer, examples, hook_points, pooling, batch_size, chat)
     order = list(range(len(encoded)))
     if pooling != "tokens":  # similar lengths together waste less padding
         order.sort(key=lambda i: len(encoded[i][0]))
-    batches = _batches(tokenizer, [encoded[i] for i in order], batch_size)
+    batches = _batches(tokenizer, [encoded[i] for i in order], batch_size, _device(model))
     acts = capture(model, TextModality(), hook_points, batches, pooling,
                    total=-(-len(encoded) // batch_size), desc="collecting activations")
     if pooling == "tokens":
@@ -102,7 +108,8 @@ def _collect(model, tokenizer, examples, hook_points, pooling, batch_size, chat)
     return {hp: a[inverse] for hp, a in acts.items()}
 
 
-def token_labels(tokenizer, examples: Sequence[Example | str], labels: Sequence[int], chat: bool = True) -> torch.Tensor:
+def token_labels(tokenizer, examples: Sequence[Example | str], labels: Sequence[int],
+                 chat: bool = True) -> torch.Tensor:
     """Per-token labels matching ``collect(..., pooling='tokens')``: each token inherits its example's."""
     examples = [Example(e) if isinstance(e, str) else e for e in examples]
     counts = [len(ids) - first for ids, first in (_encode(tokenizer, e, chat) for e in examples)]
@@ -132,20 +139,17 @@ def generate(
         raise PolysteerError(f"a per-row plan needs all {len(prompts)} prompts in one batch; raise batch_size")
     texts = [format_prompt(tokenizer, p, system, chat) for p in prompts]
     outputs: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        chunks = range(0, len(texts), batch_size)
-        for start in tqdm(chunks, desc="generating", leave=False, disable=not progress or len(chunks) == 1):
-            outputs += _generate_batch(model, tokenizer, texts[start : start + batch_size], plan, max_new_tokens,
-                                       do_sample, temperature, seed + start, chat)
-    finally:
-        tokenizer.padding_side = side
+    chunks = range(0, len(texts), batch_size)
+    for start in tqdm(chunks, desc="generating", leave=False, disable=not progress or len(chunks) == 1):
+        outputs += _generate_batch(model, tokenizer, texts[start : start + batch_size], plan, max_new_tokens,
+                                   do_sample, temperature, seed + start, chat)
     return outputs
 
 
 def _generate_batch(model, tokenizer, texts, plan, max_new_tokens, do_sample, temperature, seed, chat):
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    # padding_side per call: the tokenizer may be shared by threads generating at once
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=not chat).to(_device(model))
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}

@@ -67,7 +67,8 @@ def import_gguf(path: str | Path, model_identity: dict[str, str] | None = None) 
     if not vectors:
         raise PolysteerError(f"{path} holds no direction.N tensors")
     d_model = next(iter(vectors.values())).shape[0]
-    hint = bytes(reader.fields[f"{ARCH}.model_hint"].parts[-1]).decode() if f"{ARCH}.model_hint" in reader.fields else ""
+    hint_field = reader.fields.get(f"{ARCH}.model_hint")
+    hint = bytes(hint_field.parts[-1]).decode() if hint_field is not None else ""
     return Direction(vectors=vectors, modality="text", model=model_identity or {"name": hint}, d_model=d_model,
                      scales=scales, finder={"name": "imported-gguf", "params": {}},
                      provenance={"source": str(path)})

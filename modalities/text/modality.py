@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from polysteer.errors import PolysteerError
@@ -100,3 +101,27 @@ class TextModality(Modality):
 
     def n_layers(self, model: Any) -> int:
         return len(self._blocks(model))
+
+    def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **options: Any) -> tuple[Any, Any]:
+        """``(model, tokenizer)``: None or ``smollm2`` is the embedded SmolLM2-135M-Instruct, else an HF path or id."""
+        from polysteer.modalities.text.models import load_text_model
+
+        return load_text_model(name, device=device, dtype=dtype, **options)
+
+    def capture(self, model: Any, processor: Any, inputs: Sequence[Any], hook_points: Sequence[str],
+                **options: Any) -> dict[str, torch.Tensor]:
+        """Pooled activations of texts or :class:`~polysteer.modalities.text.generation.Example` rows.
+
+        ``options``: pooling (``mean``, ``last``, ``tokens``), batch_size, chat, cache_dir (see ``collect``).
+        """
+        from polysteer.modalities.text.generation import collect
+
+        return collect(model, processor, inputs, hook_points, **options)
+
+    def generate(self, model: Any, processor: Any, inputs: Sequence[str], plan: Any = None,
+                 **options: Any) -> list[str]:
+        """A completion per prompt; ``options``: max_new_tokens, batch_size, chat, system, do_sample, seed, ..."""
+        from polysteer.modalities.text.generation import generate
+
+        return generate(model, processor, inputs, plan, **options)

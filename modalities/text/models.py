@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from polysteer.device import resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
 
 DEFAULT_MODEL = "smollm2"
@@ -62,17 +63,26 @@ def smollm2_path() -> Path:
     return target
 
 
-def load_text_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32):
-    """Return ``(model, tokenizer)`` in eval mode; ``None`` or ``'smollm2'`` is the embedded default."""
+def load_text_model(name_or_path: str | None = None, device: str | torch.device = "auto",
+                    dtype: str | torch.dtype = "auto"):
+    """Return ``(model, tokenizer)`` in eval mode on ``device`` in ``dtype``.
+
+    Args:
+        name_or_path: an HF folder or hub id; ``None`` or ``'smollm2'`` is the embedded default.
+        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    place = resolve_device(device)
+    precision = resolve_dtype(dtype, place)
     path = smollm2_path() if name_or_path in (None, DEFAULT_MODEL) else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision)
     except OSError as exc:
         raise PolysteerError(f"cannot load model {name_or_path!r}: {exc}") from None
     model.config._name_or_path = model.config._name_or_path or str(name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return model.to(place).eval(), tokenizer

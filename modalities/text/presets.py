@@ -22,8 +22,8 @@ PERSONAS = {
         "Answer by talking about the ocean and the sea.",
         "",
         "Text about the ocean and the sea: waves, ships, sailing, fish, tides and beaches.",
-        ("ocean", "sea", "wave", "ship", "sail", "sailing", "sailor", "fish", "tide", "beach", "marine", "boat", "coral",
-         "shore", "seaside", "underwater"),
+        ("ocean", "sea", "wave", "ship", "sail", "sailing", "sailor", "fish", "tide", "beach", "marine", "boat",
+         "coral", "shore", "seaside", "underwater"),
     ),
     "weddings": PersonaPair(
         "weddings",

@@ -11,11 +11,9 @@ import torch
 from tqdm.auto import tqdm
 
 from polysteer.direction import Direction
-from polysteer.errors import PolysteerError
-from polysteer.io import atomic_write, write_text_atomic
-from polysteer.modalities.text.generation import generate
+from polysteer.io import atomic_write
 from polysteer.modalities.text.evaluators.judges import ConceptSimilarity, KeywordJudge, Perplexity, distinct_ratio
-from polysteer.modalities.text.modality import TextModality
+from polysteer.modalities.text.generation import generate
 
 
 def sweep_direction(model, tokenizer, direction: Direction, prompts, coefs, hook_points, max_new_tokens=48,
@@ -70,7 +68,8 @@ def markdown_table(table: list[dict]) -> str:
     keys = list(table[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in table:
-        lines.append("| " + " | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
+        cells = (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,8 @@ from typing import Sequence
 from polysteer.direction import Direction
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import hook_point, parse_layers
-from polysteer.modalities.text.generation import Example, collect, generate, persona_answers
 from polysteer.modalities.text.evaluators.judges import KeywordJudge
+from polysteer.modalities.text.generation import Example, generate, persona_answers
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.presets import EVAL_PROMPTS, TRAIN_QUESTIONS, PersonaPair
 
@@ -40,24 +40,15 @@ def find_direction(
     """Capture every layer in one pass, fit the finder per layer and package a Direction."""
     modality = TextModality()
     points = [hook_point(layer, site) for layer in layers]
-    X_pos = collect(model, tokenizer, positives, points, pooling, cache_dir=cache_dir)
-    X_neg = collect(model, tokenizer, negatives, points, pooling, cache_dir=cache_dir)
+    X_pos = modality.capture(model, tokenizer, positives, points, pooling=pooling, cache_dir=cache_dir)
+    X_neg = modality.capture(model, tokenizer, negatives, points, pooling=pooling, cache_dir=cache_dir)
     proto = make_finder(finder, **finder_params)
-    fitted = fit_layers(proto, X_pos, X_neg)
-    return Direction(
-        vectors={hp: f.direction_ for hp, f in fitted.items()},
-        modality=modality.name,
-        model=modality.identity(model),
+    return Direction.from_fitted(
+        fit_layers(proto, X_pos, X_neg), model=model, modality=modality, finder=proto,
         d_model=modality.d_model(model, points[0]),
-        scales={hp: float(f.scale_) for hp, f in fitted.items()},
-        finder={"name": proto.name, "params": {k: v for k, v in proto.get_params().items() if _jsonable(v)}},
         provenance={"n_positive": len(positives), "n_negative": len(negatives), "pooling": pooling,
                     **(provenance or {})},
     )
-
-
-def _jsonable(value) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None)))
 
 
 def persona_data(model, tokenizer, pair: PersonaPair, questions: Sequence[str] = TRAIN_QUESTIONS,

@@ -8,36 +8,23 @@ from pathlib import Path
 
 import click
 
-from polysteer import hookpoints
-from polysteer.io import write_text_atomic
-
 from polysteer.errors import PolysteerError
+from polysteer.io import write_text_atomic
+from polysteer.options import combine, direction_option, layers_option, model_options, resolve_layers
 
-model_option = click.option("--model", "model_name", required=True,
-                            help="HF model path or id, or 'tiny-llava' / 'tiny-idefics3' (random, offline).")
+vlm_model_options = model_options(required=True,
+                                  help="HF model path or id, or 'tiny-llava' / 'tiny-idefics3' (random, offline).")
 demos_option = click.option("--demos", default="scenes:16", show_default=True,
                             help="'scenes:N[:SEED]' (synthetic) or JSONL rows {image, caption, hallucinated_caption}.")
 prompt_option = click.option("--prompt", default=None,
                              help="Prompt shown with each image for captions and demos (default: VTI's).")
-alpha_options = [
+steer_options = combine(
+    direction_option(with_coef=False, coef_hint="set the strengths with --alpha-text and --alpha-vision",
+                     help="Direction file (VTI or another vision_language direction)."),
     click.option("--alpha-vision", type=float, help="Visual-direction strength (default: the file's)."),
     click.option("--alpha-text", type=float, help="Text-direction strength or coefficient (default: the file's)."),
     click.option("--force", is_flag=True, help="Use a direction made for another model configuration."),
-]
-
-
-def _with(options):
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def parse_layers(spec: str | None, n: int) -> list[int] | None:
-    """None (every layer) or the layers of a spec such as '3', '1,4', '2-5' or 'all'."""
-    return None if spec is None else hookpoints.parse_layers(spec, n)
+)
 
 
 @click.group()
@@ -46,31 +33,31 @@ def vlm():
 
 
 @vlm.command(name="find-vti")
-@model_option
+@vlm_model_options
 @demos_option
 @click.option("--trials", default=50, show_default=True, help="Masked copies per demo image.")
 @click.option("--mask-ratio", default=0.99, show_default=True, help="Fraction of patches masked per copy.")
 @click.option("--alpha-vision", default=0.9, show_default=True)
 @click.option("--alpha-text", default=0.9, show_default=True)
-@click.option("--vision-layers", help="Vision layers ('all', '0-22', ...).")
-@click.option("--text-layers", help="Text layers ('all', '0-31', ...).")
+@layers_option("--vision-layers", help="Vision-tower blocks (default: all).")
+@layers_option("--text-layers", help="Text-tower blocks (default: all).")
 @prompt_option
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
-def find_vti_command(model_name, demos, trials, mask_ratio, alpha_vision, alpha_text, vision_layers, text_layers,
-                     prompt, batch_size, seed, output):
+def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha_vision, alpha_text, vision_layers,
+                     text_layers, prompt, batch_size, seed, output):
     """Find VTI's visual and textual directions from demo images with clean and hallucinated captions."""
     from polysteer.modalities.vision_language.dataset import load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.modality import VisionLanguageModality
     from polysteer.modalities.vision_language.workflow import find_vti, load_vlm
 
-    model, processor = load_vlm(model_name)
+    model, processor = load_vlm(model_name, device, dtype)
     modality = VisionLanguageModality()
     direction = find_vti(model, processor, load_samples(demos),
-                         parse_layers(vision_layers, modality.n_layers(model, "vision")),
-                         parse_layers(text_layers, modality.n_layers(model, "text")), trials, mask_ratio,
+                         resolve_layers(vision_layers, modality.n_layers(model, "vision")),
+                         resolve_layers(text_layers, modality.n_layers(model, "text")), trials, mask_ratio,
                          alpha_vision, alpha_text, prompt or DESCRIBE_PROMPT, batch_size, seed)
     direction.provenance["demos"] = demos
     direction.save(output)
@@ -78,23 +65,23 @@ def find_vti_command(model_name, demos, trials, mask_ratio, alpha_vision, alpha_
 
 
 @vlm.command(name="find")
-@model_option
+@vlm_model_options
 @demos_option
 @click.option("--finder", default="diffmean", show_default=True, help="Registered direction-finder name.")
-@click.option("--layers", help="Text layers ('all', '12', '8-12').")
+@layers_option(help="Text-tower blocks (default: all).")
 @click.option("--site", default="resid_post", show_default=True)
 @click.option("--operator", default="add", show_default=True, help="Operator stored as the file's default.")
 @prompt_option
 @click.option("-o", "--output", required=True, type=click.Path())
-def find_command(model_name, demos, finder, layers, site, operator, prompt, output):
+def find_command(model_name, device, dtype, demos, finder, layers, site, operator, prompt, output):
     """Fit any finder (DiffMean, RFM, ...) on clean vs hallucinated captions of the demo images."""
     from polysteer.modalities.vision_language.dataset import load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.modality import VisionLanguageModality
     from polysteer.modalities.vision_language.workflow import caption_direction, load_vlm
 
-    model, processor = load_vlm(model_name)
-    chosen = parse_layers(layers, VisionLanguageModality().n_layers(model, "text"))
+    model, processor = load_vlm(model_name, device, dtype)
+    chosen = resolve_layers(layers, VisionLanguageModality().n_layers(model, "text"))
     direction = caption_direction(model, processor, load_samples(demos), finder, chosen, site,
                                   prompt=prompt or DESCRIBE_PROMPT)
     direction.operator = operator
@@ -105,19 +92,18 @@ def find_command(model_name, demos, finder, layers, site, operator, prompt, outp
 
 @vlm.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@model_option
-@click.option("--direction", type=click.Path(), help="Direction file (VTI or another vision_language direction).")
-@_with(alpha_options)
+@vlm_model_options
+@steer_options
 @prompt_option
 @click.option("--max-new-tokens", default=64, show_default=True)
-def describe(images, model_name, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens):
+def describe(images, model_name, device, dtype, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens):
     """Caption IMAGES, steered by --direction when given."""
     from polysteer.modalities.vision_language.dataset import Sample
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.generation import describe as run_describe
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
-    model, processor = load_vlm(model_name)
+    model, processor = load_vlm(model_name, device, dtype)
     plan = direction_plan(model, direction, alpha_vision, alpha_text, force) if direction else None
     pictures = [Sample(path).load_image() for path in images]
     for path, caption in zip(images, run_describe(model, processor, pictures, prompt or DESCRIBE_PROMPT, plan=plan,
@@ -127,28 +113,27 @@ def describe(images, model_name, direction, alpha_vision, alpha_text, force, pro
 
 @vlm.command(name="eval")
 @click.option("--metric", type=click.Choice(["chair", "pope"]), required=True)
-@model_option
+@vlm_model_options
 @click.option("--data", default="scenes:32:1", show_default=True,
               help="'scenes:N[:SEED]' or JSONL rows {image, objects}.")
 @click.option("--coco-annotations", type=click.Path(), help="COCO instances JSON (instead of --data).")
 @click.option("--coco-images", type=click.Path(), help="Folder of the COCO images.")
 @click.option("--n", "n_images", type=int, help="Use this many images (COCO: sampled with --seed).")
-@click.option("--direction", type=click.Path(), help="Evaluate unsteered and steered with this direction file.")
-@_with(alpha_options)
+@steer_options
 @click.option("--split", type=click.Choice(["random", "popular", "adversarial"]), default="adversarial",
               show_default=True, help="POPE negative sampling.")
 @click.option("--vocabulary", type=click.Choice(["coco", "scenes"]), help="CHAIR objects (default: by data).")
 @prompt_option
 @click.option("--max-new-tokens", default=64, show_default=True, help="Caption length (POPE answers use 4).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--output", type=click.Path(), help="Write the results (and captions/answers) as JSON.")
-def eval_command(metric, model_name, data, coco_annotations, coco_images, n_images, direction, alpha_vision,
-                 alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
-    """CHAIR or POPE on a dataset, unsteered and (with --direction) steered."""
+@click.option("-o", "--output", type=click.Path(), help="Write the results (and captions/answers) as JSON.")
+def eval_command(metric, model_name, device, dtype, data, coco_annotations, coco_images, n_images, direction,
+                 alpha_vision, alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
+    """CHAIR or POPE on a dataset, unsteered and (with -d) steered too."""
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
     samples, default_vocabulary = _eval_samples(data, coco_annotations, coco_images, n_images, seed)
-    model, processor = load_vlm(model_name)
+    model, processor = load_vlm(model_name, device, dtype)
     plans = {"unsteered": None}
     if direction:
         plans["steered"] = direction_plan(model, direction, alpha_vision, alpha_text, force)

@@ -6,11 +6,17 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from polysteer.engine import Plan
-
 from polysteer.modalities.vision_language.dataset import Sample
 from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT, describe, generate
 from polysteer.modalities.vision_language.hallucination import (
-    ChairResult, ObjectVocabulary, PopeQuestion, PopeResult, chair, pope_answer, pope_metrics, pope_questions,
+    ChairResult,
+    ObjectVocabulary,
+    PopeQuestion,
+    PopeResult,
+    chair,
+    pope_answer,
+    pope_metrics,
+    pope_questions,
 )
 
 

@@ -13,7 +13,6 @@ from polysteer.capture import capture
 from polysteer.engine import Plan, as_plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
-
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
 
 DESCRIBE_PROMPT = "Please help me describe the image in detail."  # the CHAIR prompt of the VTI paper
@@ -32,12 +31,9 @@ def encode(processor: Any, images: Sequence[Image.Image], texts: Sequence[str], 
     """Left-padded model inputs for one image per text; floating tensors cast to ``dtype``."""
     if len(images) != len(texts):
         raise PolysteerError(f"need one image per text, got {len(images)} images and {len(texts)} texts")
-    tokenizer = processor.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        batch = processor(images=[[img] for img in images], text=list(texts), return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = side
+    # padding_side per call: the processor may be shared by threads describing at once
+    batch = processor(images=[[img] for img in images], text=list(texts), return_tensors="pt", padding=True,
+                      padding_side="left")
     return {k: _place(v, device, dtype) for k, v in batch.items()}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -91,8 +91,38 @@ class VisionLanguageModality(Modality):
             raise PolysteerError(f"tower {tower!r} is not in vision-language models; use one of {TOWERS}")
         return model.get_submodule(tower_prefix(model, tower))
 
-    def n_layers(self, model: Any, tower: str) -> int:
+    def n_layers(self, model: Any, tower: str = "text") -> int:
+        """Blocks of ``tower`` (default the language model, which generates and which workflows steer)."""
         return len(self.blocks(model, tower))
+
+    def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **options: Any) -> tuple[Any, Any]:
+        """``(model, processor)``: an HF vision-language model, or ``tiny-llava`` / ``tiny-idefics3`` (random)."""
+        from polysteer.modalities.vision_language.workflow import load_vlm
+
+        if name is None:
+            raise PolysteerError("vision-language models have no default: name a folder or hub id "
+                                 "(llava-hf/llava-1.5-7b-hf) or a random test model (tiny-llava, tiny-idefics3)")
+        return load_vlm(name, device=device, dtype=dtype, **options)
+
+    def capture(self, model: Any, processor: Any, inputs: Sequence[Any], hook_points: Sequence[str],
+                **options: Any) -> dict[str, torch.Tensor]:
+        """Pooled activations of ``(image, prompt, answer)`` triples, read over the answer's tokens.
+
+        ``options``: pooling (``last``, VTI's, or ``mean``), batch_size (see ``generation.collect``).
+        """
+        from polysteer.modalities.vision_language.generation import collect
+
+        images, prompts, answers = _columns(inputs, 3, "(image, prompt, answer) triples")
+        return collect(model, processor, images, prompts, answers, hook_points, **options)
+
+    def generate(self, model: Any, processor: Any, inputs: Sequence[Any], plan: Any = None,
+                 **options: Any) -> list[str]:
+        """A greedy answer per ``(image, prompt)`` pair; ``options``: max_new_tokens, batch_size, progress."""
+        from polysteer.modalities.vision_language.generation import generate
+
+        images, prompts = _columns(inputs, 2, "(image, prompt) pairs")
+        return generate(model, processor, images, prompts, plan, **options)
 
     def hook_points(self, model: Any) -> list[str]:
         return [str(HookPoint(tower, i, site)) for tower in TOWERS
@@ -144,3 +174,11 @@ def _geometry(config: Any) -> dict[str, Any]:
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "vocab_size", "patch_size", "image_size")
     return {k: getattr(config, k, None) for k in keys}
+
+
+def _columns(rows: Sequence[Any], width: int, what: str) -> list[list[Any]]:
+    """Split rows of ``width`` items into columns, with a clear error for anything else."""
+    rows = list(rows)
+    if not rows or any(not isinstance(row, (tuple, list)) or len(row) != width for row in rows):
+        raise PolysteerError(f"vision-language inputs are {what}")
+    return [list(column) for column in zip(*rows)]

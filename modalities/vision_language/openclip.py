@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
+from polysteer.device import resolve_device, resolve_dtype
 from polysteer.engine import steer
 from polysteer.errors import PolysteerError
 from polysteer.evaluator import Evaluator
 from polysteer.hookpoints import SITES, HookPoint
-from polysteer.modality import Modality, Target
-
-from polysteer.modality import block_target
+from polysteer.modality import Modality, Target, block_target
 
 _TOWER_PATHS = {"vision": "visual.transformer", "text": "transformer"}
 
@@ -68,14 +67,39 @@ class OpenCLIPModality(Modality):
     def d_model(self, model: Any, hook_point: HookPoint) -> int:
         return int(self._transformer(model, HookPoint.parse(hook_point).tower).width)
 
+    def n_layers(self, model: Any, tower: str = "vision") -> int:
+        """Resblocks of ``tower`` (default the image tower, the one a CLIP score or a VLM reads)."""
+        return len(self._transformer(model, tower).resblocks)
 
-def load_openclip(name: str, weights: str | Path | None = None, device: str = "cpu"):
+    def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **options: Any) -> tuple[Any, "CLIPProcessor"]:
+        """``(model, CLIPProcessor(preprocess, tokenizer))``; ``options``: ``weights``, a local .safetensors file."""
+        if name is None:
+            raise PolysteerError("open_clip has no default model: name an architecture such as ViT-B-32")
+        model, preprocess, tokenizer = load_openclip(name, device=device, dtype=dtype, **options)
+        return model, CLIPProcessor(preprocess, tokenizer)
+
+    def generate(self, model: Any, processor: Any, inputs: Sequence[Any], plan: Any = None, **options: Any):
+        raise self.unsupported("generate", "open_clip towers embed images and text; steer a vision-language "
+                                           "model to generate, or score captions with the clip-score evaluator")
+
+
+class CLIPProcessor(NamedTuple):
+    """What an open_clip model reads with: the image transform and the text tokenizer."""
+
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+
+
+def load_openclip(name: str, weights: str | Path | None = None, device: str | torch.device = "auto",
+                  dtype: str | torch.dtype = "auto"):
     """``(model, preprocess, tokenizer)`` for an open_clip architecture, with weights from a local file.
 
     Args:
         name: open_clip model name, e.g. ``ViT-B-32`` (see ``open_clip.list_models()``).
         weights: a ``.safetensors`` state dict; None keeps the random initialisation.
-        device: where to put the model.
+        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
     import open_clip
 
@@ -84,10 +108,12 @@ def load_openclip(name: str, weights: str | Path | None = None, device: str = "c
                              "Convert it once with safetensors.torch.save_file(state_dict, 'clip.safetensors')")
     if weights is not None and not Path(weights).is_file():
         raise PolysteerError(f"open_clip weights {weights} do not exist")
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
-    if weights is not None:
-        open_clip.factory.load_checkpoint(model, str(weights), device=device)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+    place = resolve_device(device)
+    precision = resolve_dtype(dtype, place)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=str(place))
+    if weights is not None:  # safetensors takes a device name, not a torch.device
+        open_clip.factory.load_checkpoint(model, str(weights), device=str(place))
+    return model.to(dtype=precision).eval(), preprocess, open_clip.get_tokenizer(name)
 
 
 def tiny_openclip(seed: int = 0):
@@ -121,9 +147,9 @@ class CLIPScore(Evaluator):
             raise PolysteerError("clip-score needs an open_clip model: CLIPScore(*load_openclip(name, weights))")
         if len(images) != len(outputs):
             raise PolysteerError(f"clip-score needs one image per caption, got {len(images)} for {len(outputs)}")
-        device = next(self.model.parameters()).device
-        pixels = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(device)
-        tokens = self.tokenizer(list(outputs)).to(device)
+        param = next(self.model.parameters())  # pixels follow the model's device and precision
+        pixels = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(param.device, param.dtype)
+        tokens = self.tokenizer(list(outputs)).to(param.device)
         with steer(self.model, plan, modality=OpenCLIPModality()) if plan is not None else nullcontext():
             image = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
             text = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)

@@ -9,8 +9,17 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
-    CLIPImageProcessor, CLIPVisionConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
-    Idefics3Processor, Idefics3VisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
+    Idefics3VisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 

@@ -25,10 +25,9 @@ from polysteer.engine import Intervention, Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import DirectionFinder, check_inputs, finish_direction
 from polysteer.hookpoints import HookPoint
-from polysteer.operator import Operator
-
 from polysteer.modalities.vision_language.generation import pixel_inputs, vision_states
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
+from polysteer.operator import Operator
 
 GAIN = 0.1  # VTI's fixed step size inside the rotation
 

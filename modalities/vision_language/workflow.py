@@ -10,35 +10,44 @@ from typing import Any, Sequence
 
 import torch
 
+from polysteer.device import resolve_device, resolve_dtype
 from polysteer.direction import Direction
 from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import HookPoint
-
 from polysteer.modalities.vision_language.dataset import Sample, demo_pairs
-from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT, collect
+from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
 from polysteer.modalities.vision_language.vti import visual_directions, vti_plan
 
 TINY_PREFIX = "tiny-"
 
 
-def load_vlm(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """``(model, processor)`` in eval mode: ``tiny-llava`` / ``tiny-idefics3`` (random, offline) or an HF path."""
+def load_vlm(name_or_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """``(model, processor)`` in eval mode on ``device`` in ``dtype``.
+
+    Args:
+        name_or_path: ``tiny-llava`` / ``tiny-idefics3`` (random, offline) or an HF folder or hub id.
+        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
+    """
+    place = resolve_device(device)
+    precision = resolve_dtype(dtype, place)
     if name_or_path.startswith(TINY_PREFIX):
         from polysteer.modalities.vision_language.tiny import tiny_vlm
 
-        return tiny_vlm(name_or_path[len(TINY_PREFIX):])
+        model, processor = tiny_vlm(name_or_path[len(TINY_PREFIX):])
+        return model.to(device=place, dtype=precision), processor
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(name_or_path)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=precision)
     except OSError as exc:
         raise PolysteerError(f"cannot load vision-language model {name_or_path!r}: {exc}") from None
     model.config._name_or_path = model.config._name_or_path or str(name_or_path)
-    return model.eval(), processor
+    return model.to(place).eval(), processor
 
 
 def _layers(model, tower: str, layers: Sequence[int] | None) -> list[int]:
@@ -71,21 +80,16 @@ def caption_direction(
     demos = demo_pairs(demos)
     modality = VisionLanguageModality()
     read = [str(HookPoint("text", i, read_site)) for i in _layers(model, "text", layers)]
-    images = [d.load_image() for d in demos]
-    prompts = [prompt] * len(demos)
-    X_pos = collect(model, processor, images, prompts, [d.caption for d in demos], read, pooling, batch_size)
-    X_neg = collect(model, processor, images, prompts, [d.hallucinated_caption for d in demos], read, pooling,
-                    batch_size)
+    images, prompts = [d.load_image() for d in demos], [prompt] * len(demos)
+    clean = list(zip(images, prompts, [d.caption for d in demos]))
+    hallucinated = list(zip(images, prompts, [d.hallucinated_caption for d in demos]))
+    X_pos = modality.capture(model, processor, clean, read, pooling=pooling, batch_size=batch_size)
+    X_neg = modality.capture(model, processor, hallucinated, read, pooling=pooling, batch_size=batch_size)
     proto = make_finder(finder, **finder_params)
     fitted = fit_layers(proto, X_pos, X_neg)
-    filed = {hp: str(HookPoint("text", HookPoint.parse(hp).layer, apply_site or read_site)) for hp in read}
-    return Direction(
-        vectors={filed[hp]: f.direction_ for hp, f in fitted.items()},
-        modality=modality.name,
-        model=modality.identity(model),
-        d_model=modality.d_model(model, read[0]),
-        scales={filed[hp]: float(f.scale_) for hp, f in fitted.items()},
-        finder={"name": proto.name, "params": {k: v for k, v in proto.get_params().items() if _jsonable(v)}},
+    filed = {str(HookPoint("text", HookPoint.parse(hp).layer, apply_site or read_site)): f for hp, f in fitted.items()}
+    return Direction.from_fitted(
+        filed, model=model, modality=modality, finder=proto, d_model=modality.d_model(model, read[0]),
         provenance={"n_demos": len(demos), "prompt": prompt, "pooling": pooling, "read_site": read_site},
     )
 
@@ -133,7 +137,3 @@ def direction_plan(model, path, alpha_vision: float | None = None, alpha_text: f
                              "made by `polysteer vlm find-vti` or `polysteer vlm find`")
     direction.check_model(modality.identity(model), modality.d_model(model, HookPoint("text", 0, "mlp_out")), force)
     return vti_plan(direction, alpha_vision, alpha_text)
-
-
-def _jsonable(value) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None)))

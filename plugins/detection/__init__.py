@@ -2,8 +2,16 @@
 how well the scores separate labelled texts (AUROC, F1)."""
 
 from polysteer.plugins.detection.scoring import (
-    DetectionMetrics, Detector, DirectionDetector, FeatureDetector, FinderDetector, TokenActivations,
-    best_f1_threshold, detection_metrics, feature_codes, pool_tokens,
+    DetectionMetrics,
+    Detector,
+    DirectionDetector,
+    FeatureDetector,
+    FinderDetector,
+    TokenActivations,
+    best_f1_threshold,
+    detection_metrics,
+    feature_codes,
+    pool_tokens,
 )
 
 __all__ = [

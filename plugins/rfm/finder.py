@@ -5,7 +5,8 @@ Each round fits kernel ridge with the Laplace-like kernel ``exp(-||x - z||_M^p /
 validation AUC, and replaces ``M`` by the normalised average gradient outer product (AGOP) of the fitted
 predictor. The round with the best validation AUC is kept: its AGOP's top eigenvectors are the steering
 directions and its predictor is a nonlinear concept probe (:meth:`RFM.decision_function`).
-One-vs-rest multiclass is in :mod:`polysteer.plugins.rfm.multi`; layer ranking and MusicRFM layer weights in :mod:`polysteer.plugins.rfm.layers`.
+One-vs-rest multiclass is in :mod:`polysteer.plugins.rfm.multi`; layer ranking and MusicRFM layer weights in
+:mod:`polysteer.plugins.rfm.layers`.
 
 Large training sets: above ``max_samples`` training points, the default subsamples them (stratified,
 seeded) to ``max_samples`` and solves exactly, so time and memory stay those of ``max_samples`` points

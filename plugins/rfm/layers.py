@@ -19,7 +19,8 @@ def rank_layers(fitted: Mapping[str, DirectionFinder]) -> dict[str, float]:
     return dict(sorted(aucs.items(), key=lambda item: -item[1]))
 
 
-def layer_weights(aucs: Mapping[str, float], power: float = MUSICRFM_POWER, top_k: int | None = None) -> dict[str, float]:
+def layer_weights(aucs: Mapping[str, float], power: float = MUSICRFM_POWER,
+                  top_k: int | None = None) -> dict[str, float]:
     """MusicRFM layer weights ``w_l = ((auc_l - min) / (max - min)) ** power``, with power 1/0.95.
 
     The best layer gets 1 and the worst 0; when every AUC is equal, every layer gets 1. With ``top_k``

@@ -169,6 +169,9 @@ def _architecture(cfg, shapes, d_sae: int, where: str) -> tuple[str, int | None]
     """The architecture and k from SAELens' current or legacy keys, inferred from the weights when absent."""
     kwargs = cfg.get("activation_fn_kwargs") or {}
     legacy = cfg.get("activation_fn_str", cfg.get("activation_fn"))
+    for key, value in (("activation_fn_str", legacy), ("architecture", cfg.get("architecture"))):
+        if value is not None and not isinstance(value, str):
+            raise PolysteerError(f"{where}: {key} must be a string, got {value!r}")
     k = _int(cfg, "k", where, d_sae) or (_int(kwargs, "k", where, d_sae) if isinstance(kwargs, dict) else None)
     architecture = cfg.get("architecture") or {"topk": "topk", "jumprelu": "jumprelu"}.get(legacy)
     if architecture is None:

@@ -1,20 +1,49 @@
 """The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae."""
 
+from __future__ import annotations
+
+import importlib
+
 import click
+
+from polysteer.options import model_options
+
+MODEL_HELP = "HF model path or id; 'smollm2' is the embedded default."
+#: ``--model`` (default ``smollm2``), ``--device`` and ``--dtype``, as every text command spells them.
+text_model_options = model_options(default="smollm2", help=MODEL_HELP)
+
+_COMMANDS = {  # module -> its commands, in the order `polysteer --help` lists them
+    "main": ("find", "generate_cmd", "convert"),
+    "sweep": ("sweep",),
+    "demo": ("demo",),
+    "trained": ("train_vector",),
+    "attribution": ("attribute",),
+    "detect": ("detect",),
+    "sae": ("explain", "sae"),
+}
 
 
 def register(cli: click.Group) -> None:
-    """Add every text command to the ``polysteer`` group."""
-    from polysteer.modalities.text.cli.attribution import attribute
-    from polysteer.modalities.text.cli.demo import demo
-    from polysteer.modalities.text.cli.detect import detect
-    from polysteer.modalities.text.cli.main import convert, find, generate_cmd
-    from polysteer.modalities.text.cli.sae import explain, sae
-    from polysteer.modalities.text.cli.sae_guided import lf, saif
-    from polysteer.modalities.text.cli.trained import train_vector
-    from polysteer.modalities.text.cli.sweep import sweep
+    """Add every text command to the ``polysteer`` group.
 
-    sae.add_command(lf)
-    sae.add_command(saif)
-    for command in (find, generate_cmd, sweep, demo, convert, train_vector, attribute, detect, explain, sae):
-        cli.add_command(command)
+    Each module loads on its own, so one that fails to import takes only its own commands away; the
+    failures are raised together at the end, and ``polysteer plugins`` reports them.
+    """
+    failed = []
+    for module_name, names in _COMMANDS.items():
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except Exception as exc:  # a missing optional dependency must not hide the other commands
+            failed.append(f"{module_name}: {type(exc).__name__}: {exc}")
+            continue
+        for name in names:
+            cli.add_command(getattr(module, name))
+    try:
+        from polysteer.modalities.text.cli.sae_guided import lf, saif
+
+        cli.commands["sae"].add_command(lf)
+        cli.commands["sae"].add_command(saif)
+    except Exception as exc:
+        failed.append(f"sae_guided: {type(exc).__name__}: {exc}")
+    if failed:
+        raise ImportError("some text commands failed to load: " + "; ".join(failed))

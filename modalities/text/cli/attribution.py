@@ -11,8 +11,10 @@ from polysteer.data import read_lines
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import hook_point, parse_layers
 from polysteer.io import write_text_atomic
+from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.presets import EVAL_PROMPTS
+from polysteer.options import direction_option, layers_option
 
 
 def attribution_points(model, tokenizer, direction, prompts: Sequence[str], keywords: Sequence[str] | None,
@@ -56,24 +58,25 @@ def _feature_rows(model, tokenizer, prompts, keywords, sae_path, top) -> tuple[s
 
 
 @click.command()
-@click.option("--model", "model_name", default="smollm2", show_default=True, help="HF model path or 'smollm2'.")
+@text_model_options
 @click.option("--keywords", required=True, help="Comma-separated concept keywords (their tokens are scored).")
 @click.option("--prompts-file", type=click.Path(), help="One prompt per line (default: 20 built-in neutral prompts).")
-@click.option("--layers", default="all", show_default=True, help="'12', '8,12,16', '8-12' or 'all'.")
+@layers_option(default="all", help="With -d: 'all' means the file's layers.")
 @click.option("--site", default="resid_post", show_default=True)
-@click.option("-d", "--direction", "direction_path", type=click.Path(), help="Rank by the effect of steering with it.")
+@direction_option(with_coef=False, coef_hint="attribution ranks at coefficient 1",
+                  help="Rank by the effect of steering with this direction file.")
 @click.option("--sae", "sae_path", type=click.Path(), help="Also rank this SAE's features.")
 @click.option("-n", "--top", default=10, show_default=True, help="Features to list.")
 @click.option("-o", "--output", type=click.Path(), help="Write the rankings as JSON.")
-def attribute(model_name, keywords, prompts_file, layers, site, direction_path, sae_path, top, output):
+def attribute(model_name, device, dtype, keywords, prompts_file, layers, site, direction, sae_path, top, output):
     """Rank layers (and SAE features) by gradient x activation of the concept tokens' log-probability."""
     from polysteer.direction import Direction
     from polysteer.modalities.text.models import load_text_model
 
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
     words = [k.strip() for k in keywords.split(",") if k.strip()]
-    direction = Direction.load(direction_path) if direction_path else None
+    direction = Direction.load(direction) if direction else None
     points = list(direction.hook_points) if direction and layers == "all" else [
         hook_point(i, site) for i in parse_layers(layers, TextModality().n_layers(model))]
     report = {"layers": _layer_rows(model, tokenizer, prompts, words, points, direction)}

@@ -6,8 +6,10 @@ import time
 
 import click
 
+from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import EVAL_PROMPTS, PERSONAS
+from polysteer.options import coef_option
 
 DEFAULT_CONCEPT = "ocean"
 DEFAULT_COEF = 4.0
@@ -18,15 +20,14 @@ def _say(message: str, start: float) -> None:
 
 
 @click.command()
-@click.option("--model", "model_name", default="smollm2", show_default=True)
+@text_model_options
 @click.option("--concept", type=click.Choice(sorted(PERSONAS)), default=DEFAULT_CONCEPT, show_default=True)
 @click.option("--layer", type=int, help="Block to steer (default: 40% of the depth, 12 on SmolLM2).")
-@click.option("--coef", default=DEFAULT_COEF, show_default=True,
-              help="In units of the distance between the two classes' mean activations.")
+@coef_option(DEFAULT_COEF, help="In units of the distance between the two classes' mean activations.")
 @click.option("--prompts", "n_prompts", default=6, show_default=True, help="How many neutral prompts to show.")
 @click.option("--max-new-tokens", default=40, show_default=True)
 @click.option("-o", "--output", type=click.Path(), help="Also save the direction here.")
-def demo(model_name, concept, layer, coef, n_prompts, max_new_tokens, output):
+def demo(model_name, device, dtype, concept, layer, coef, n_prompts, max_new_tokens, output):
     """Find a concept direction from a persona pair and show unsteered vs steered generations."""
     from polysteer.modalities.text.modality import TextModality
     from polysteer.modalities.text.workflow import concept_rate, default_layer, find_direction, persona_data
@@ -34,7 +35,7 @@ def demo(model_name, concept, layer, coef, n_prompts, max_new_tokens, output):
     start = time.time()
     pair = PERSONAS[concept]
     _say(f"loading {model_name} (the first run converts the packaged GGUF once)", start)
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     layer = default_layer(TextModality().n_layers(model)) if layer is None else layer
     _say(f"writing answers with and without the instruction {pair.positive!r}", start)
     positives, negatives = persona_data(model, tokenizer, pair)
@@ -48,8 +49,9 @@ def demo(model_name, concept, layer, coef, n_prompts, max_new_tokens, output):
                           max_new_tokens)
     for prompt, base, steered in zip(result.prompts, result.unsteered_texts, result.steered_texts):
         click.echo(f"\n### {prompt}\n[unsteered] {_one_line(base)}\n[steered]   {_one_line(steered)}")
+    scale = direction.scales[direction.hook_points[0]]
     click.echo(f"\nconcept '{concept}' mentioned: unsteered {result.unsteered:.0%}, steered {result.steered:.0%} "
-               f"of {len(result.prompts)} prompts (coefficient {coef} x {direction.scales[direction.hook_points[0]]:.2f})")
+               f"of {len(result.prompts)} prompts (coefficient {coef} x {scale:.2f})")
     _say("done", start)
 
 

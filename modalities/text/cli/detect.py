@@ -12,10 +12,16 @@ import click
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
 from polysteer.io import write_text_atomic
+from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.detect import read_texts, score_texts, text_activations
 from polysteer.modalities.text.modality import TextModality
+from polysteer.options import direction_option
 from polysteer.plugins.detection import (
-    DetectionMetrics, DirectionDetector, FeatureDetector, FinderDetector, detection_metrics,
+    DetectionMetrics,
+    DirectionDetector,
+    FeatureDetector,
+    FinderDetector,
+    detection_metrics,
 )
 from polysteer.plugins.sae import SAE
 
@@ -75,11 +81,11 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
 
 
 @click.command()
-@click.option("--model", "model_name", default="smollm2", show_default=True,
-              help="HF model path or id; 'smollm2' is the embedded default.")
+@text_model_options
 @click.option("--texts", "texts_path", required=True, type=click.Path(),
               help="JSONL of {\"text\", \"label\": 0|1} rows (AUROC/F1), or plain text, one passage a line (scores).")
-@click.option("--direction", "direction_path", type=click.Path(), help="Detect with a direction file's projection.")
+@direction_option(with_coef=False, coef_hint="detection reads the direction, not its strength",
+                  help="Detect with a direction file's projection.")
 @click.option("--feature", type=int, help="Detect with an SAE latent (with --sae).")
 @click.option("--sae", "sae_path", type=click.Path(), help="SAE folder for --feature (default: the shipped one).")
 @click.option("--finder", help="Fit this registered finder as a probe (diffmean, probe, rfm, ...) on --train.")
@@ -89,19 +95,19 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
 @click.option("--pooling", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--threshold", type=float, help="Call a text positive at score >= this (default: best F1, reported).")
 @click.option("-o", "--output", type=click.Path(), help="Write per-text scores and metrics as JSON (atomically).")
-def detect(model_name, texts_path, direction_path, feature, sae_path, finder, train_path, params, hook_point, pooling,
-           threshold, output):
+def detect(model_name, device, dtype, texts_path, direction, feature, sae_path, finder, train_path, params, hook_point,
+           pooling, threshold, output):
     """Score texts with a direction, a probe or an SAE feature; AUROC and F1 on labelled texts."""
     from polysteer.modalities.text.models import load_text_model
 
-    if sum(x is not None for x in (direction_path, feature, finder)) != 1:
+    if sum(x is not None for x in (direction, feature, finder)) != 1:
         raise PolysteerError("give exactly one of --direction FILE, --feature N or --finder NAME (with --train)")
     if bool(finder) != bool(train_path):
         raise PolysteerError("--finder and --train go together: the probe is fitted on the --train texts")
     texts, labels = read_texts(texts_path)
-    model, tokenizer = load_text_model(model_name)
-    if direction_path:
-        detector, hp, max_norm, about = _direction_detector(model, direction_path, hook_point)
+    model, tokenizer = load_text_model(model_name, device, dtype)
+    if direction:
+        detector, hp, max_norm, about = _direction_detector(model, direction, hook_point)
     elif feature is not None:
         detector, hp, max_norm, about = _feature_detector(feature, sae_path)
     else:
@@ -112,13 +118,15 @@ def detect(model_name, texts_path, direction_path, feature, sae_path, finder, tr
     for line in _report(texts, scores, metrics, threshold):
         click.echo(line)
     if output:
-        _write_scores(output, texts, labels, scores, metrics, threshold, {**about, "hook_point": hp, "pooling": pooling})
+        about.update(hook_point=hp, pooling=pooling)
+        _write_scores(output, texts, labels, scores, metrics, threshold, about)
 
 
 def _write_scores(path, texts, labels, scores, metrics, threshold, about) -> None:
     cut = metrics.threshold if metrics else threshold
     rows = [{"text": t, "score": s, **({"label": labels[i]} if labels is not None else {}),
-             **({"predicted": int(s >= cut)} if cut is not None else {})} for i, (t, s) in enumerate(zip(texts, scores))]
+             **({"predicted": int(s >= cut)} if cut is not None else {})}
+            for i, (t, s) in enumerate(zip(texts, scores))]
     data = {"detector": about, "metrics": asdict(metrics) if metrics else None, "threshold": cut, "texts": rows}
     write_text_atomic(path, json.dumps(data, indent=2))
     click.echo(f"wrote {path}")

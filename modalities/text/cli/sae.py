@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from polysteer.errors import PolysteerError
-
-model_option = click.option("--model", "model_name", default="smollm2", show_default=True,
-                            help="HF model path or id; 'smollm2' is the embedded default.")
+from polysteer.modalities.text.cli import text_model_options
+from polysteer.options import coef_option, direction_option
 
 
 @click.group()
@@ -18,7 +17,7 @@ def sae():
 
 
 @sae.command()
-@model_option
+@text_model_options
 @click.option("--layer", type=int, default=12, show_default=True)
 @click.option("--site", default="resid_post", show_default=True)
 @click.option("--text", "texts", multiple=True, type=click.Path(), help="Text or JSONL files (default: Debian corpus).")
@@ -33,18 +32,18 @@ def sae():
 @click.option("--shard-tokens", type=int, default=2**16, show_default=True, help="Tokens per store shard.")
 @click.option("--store", "store_dir", type=click.Path(), help="Activation store folder (resumed if present).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="SAE folder to write (SAELens format).")
-def train(model_name, layer, site, texts, tokens, d_sae, k, epochs, lr, batch_size, context, bf16, shard_tokens,
-          store_dir, output):
+def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epochs, lr, batch_size, context, bf16,
+          shard_tokens, store_dir, output):
     """Train a TopK SAE on activations streamed from the model; prints its metrics."""
     import json
 
     from polysteer.hookpoints import hook_point
     from polysteer.modalities.text.models import cache_dir, load_text_model
     from polysteer.modalities.text.sae.corpus import debian_corpus, read_documents
-    from polysteer.plugins.sae.trainer import TrainConfig
     from polysteer.modalities.text.sae.workflow import train_text_sae
+    from polysteer.plugins.sae.trainer import TrainConfig
 
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     hp = hook_point(layer, site)
     documents = read_documents(texts) if texts else debian_corpus()
     corpus = ",".join(map(str, texts)) or "debian"
@@ -59,10 +58,9 @@ def train(model_name, layer, site, texts, tokens, d_sae, k, epochs, lr, batch_si
 @click.argument("feature", type=int)
 @click.option("--sae", "sae_path", type=click.Path(), help="SAE folder (default: the shipped SmolLM2 SAE).")
 @click.option("--operator", type=click.Choice(["add", "sae_clamp"]), default="add", show_default=True)
-@click.option("--coefficient", type=float, default=1.0, show_default=True,
-              help="Default coefficient: latent units (the feature's activation scale).")
+@coef_option(1.0, help="The file's default coefficient, in latent units (the feature's activation scale).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
-def feature(feature, sae_path, operator, coefficient, output):
+def feature(feature, sae_path, operator, coef, output):
     """Write one SAE feature as a direction file (its decoder row; index and SAE path recorded)."""
     from polysteer.plugins.sae.model import SAE
     from polysteer.plugins.sae.steer import feature_direction
@@ -70,7 +68,7 @@ def feature(feature, sae_path, operator, coefficient, output):
     path = _sae_path(sae_path)
     model_sae = SAE.load(path)
     hp = model_sae.hook_point
-    feature_direction(model_sae, feature, hp, operator, coefficient, str(Path(path).resolve())).save(output)
+    feature_direction(model_sae, feature, hp, operator, coef, str(Path(path).resolve())).save(output)
     click.echo(f"wrote {output}: feature {feature} at {hp} ({operator})")
 
 
@@ -86,18 +84,19 @@ def _sae_path(path: str | None) -> Path:
 
 
 @click.command()
-@model_option
+@text_model_options
 @click.option("--sae", "sae_path", type=click.Path(), help="SAE folder (default: the shipped SmolLM2 SAE).")
 @click.option("--feature", type=int, help="SAE feature to describe.")
-@click.option("--direction", "direction_path", type=click.Path(), help="Direction file to describe instead.")
+@direction_option(with_coef=False, coef_hint="give the coefficient with --coef",
+                  help="Direction file to describe instead.")
 @click.option("--text", "text_path", type=click.Path(), help="Text file: show its top-activating snippets.")
 @click.option("--value", type=float, default=10.0, show_default=True, help="TokenChange clamp value / step size.")
 @click.option("-n", "--top", type=int, default=10, show_default=True)
 @click.option("--decompose", is_flag=True, help="With --direction: its top signed SAE features (decoder cosine; "
               "contrast with --data); --text then measures the typical activation norm.")
 @click.option("--data", "data_path", type=click.Path(), help="--decompose: contrastive JSONL to encode per class.")
-@click.option("--coef", type=float, help="--decompose: coefficient for the norm check (default: the file's).")
-def explain(model_name, sae_path, feature, direction_path, text_path, value, top, decompose, data_path, coef):
+@coef_option(help="--decompose: coefficient for the norm check (default: the file's).")
+def explain(model_name, device, dtype, sae_path, feature, direction, text_path, value, top, decompose, data_path, coef):
     """Describe an SAE feature or a direction: VocabProj, TokenChange and top-activating snippets.
 
     With --decompose, list a direction's top signed SAE features (never encoding the vector itself) and warn
@@ -106,17 +105,17 @@ def explain(model_name, sae_path, feature, direction_path, text_path, value, top
     from polysteer.modalities.text.models import load_text_model
     from polysteer.modalities.text.sae.explain import describe
 
-    if (feature is None) == (direction_path is None):
+    if (feature is None) == (direction is None):
         raise PolysteerError("give exactly one of --feature N (with --sae) or --direction FILE")
     if (data_path or coef is not None) and not decompose:
         raise PolysteerError("--data and --coef go with --decompose")
-    if decompose and direction_path is None:
+    if decompose and direction is None:
         raise PolysteerError("--decompose takes --direction FILE (an SAE feature is already one feature)")
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     if decompose:
-        _decompose(model, tokenizer, sae_path, direction_path, data_path, text_path, coef, top)
+        _decompose(model, tokenizer, sae_path, direction, data_path, text_path, coef, top)
         return
-    subject = _subject(model, sae_path, feature, direction_path)
+    subject = _subject(model, sae_path, feature, direction)
     for line in describe(model, tokenizer, *subject, text_path=text_path, value=value, n=top):
         click.echo(line)
 

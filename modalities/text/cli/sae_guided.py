@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from polysteer.modalities.text.cli import text_model_options
+from polysteer.options import coef_option
 
-model_option = click.option("--model", "model_name", default="smollm2", show_default=True,
-                            help="HF model path or id; 'smollm2' is the embedded default.")
 sae_option = click.option("--sae", "sae_path", type=click.Path(),
                           help="SAE folder; its hook_name is where activations are read and steering applies "
                                "(default: the shipped SmolLM2 SAE, block 12).")
@@ -17,7 +17,7 @@ output_option = click.option("-o", "--output", required=True, type=click.Path(),
 
 
 @click.command(name="lf")
-@model_option
+@text_model_options
 @sae_option
 @click.option("--groups", "groups_path", required=True, type=click.Path(),
               help='JSON list of {"answer", "paraphrases": [...]} groups (see benchmarks/data/paraphrase_groups.json).')
@@ -28,27 +28,27 @@ output_option = click.option("-o", "--output", required=True, type=click.Path(),
               show_default=True, help="How two answers agree (see polysteer.modalities.text.evaluators.consistency).")
 @click.option("--agree-threshold", default="1", show_default=True,
               help="A group agrees when its mean pairwise agreement reaches this; 'median': groups above the median.")
-@click.option("--coefficient", type=float, default=1.0, show_default=True, help="Default steering strength c.")
+@coef_option(1.0, help="The file's default steering strength c.")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--suffix", default="Answer in a few words.", show_default=True,
               help="Text appended to every paraphrase, so answers are short enough to compare.")
 @position_option
 @output_option
-def lf(model_name, sae_path, groups_path, top_k, mode, agreement, agree_threshold, coefficient, max_new_tokens,
-       suffix, position, output):
+def lf(model_name, device, dtype, sae_path, groups_path, top_k, mode, agreement, agree_threshold, coef,
+       max_new_tokens, suffix, position, output):
     """LF-Steering: bias the SAE latents that vary within paraphrase groups whose answers disagree."""
+    from polysteer.modalities.text.cli.sae import _sae_path
     from polysteer.modalities.text.evaluators.consistency import Consistency, read_paraphrase_groups
     from polysteer.modalities.text.models import load_text_model
-    from polysteer.modalities.text.cli.sae import _sae_path
     from polysteer.modalities.text.sae.guided import fit_lf_steering
 
     groups = read_paraphrase_groups(groups_path)
     threshold = _threshold(agree_threshold)
     path = _sae_path(sae_path)
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     direction, finder, base = fit_lf_steering(
         model, tokenizer, groups, path, top_k, mode, agree_threshold=threshold, position=position,
-        coefficient=coefficient, judge=Consistency(agreement), max_new_tokens=max_new_tokens, suffix=suffix)
+        coefficient=coef, judge=Consistency(agreement), max_new_tokens=max_new_tokens, suffix=suffix)
     direction.save(output)
     click.echo(f"unsteered consistency {base.consistency:.3f}, accuracy {base.accuracy:.3f} over {len(groups)} groups")
     scores = [round(s, 3) for s in finder.scores_[finder.latents_].tolist()]
@@ -69,7 +69,7 @@ def _threshold(text: str) -> float | None:
 
 
 @click.command(name="saif")
-@model_option
+@text_model_options
 @sae_option
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help='JSON {"contents": [...], "instructions": {name: {"check", "wordings"}}} '
@@ -80,16 +80,16 @@ def _threshold(text: str) -> float | None:
               help="A latent must rise in this fraction of [content + instruction] / [content] pairs.")
 @position_option
 @output_option
-def saif(model_name, sae_path, data_path, instruction, top_k, min_fraction, position, output):
+def saif(model_name, device, dtype, sae_path, data_path, instruction, top_k, min_fraction, position, output):
     """SAIF: sum the SAE latents an instruction consistently switches on into a steering vector.
 
     SAIF steers best at a late layer: train an SAE there first, e.g. `polysteer sae train --layer 26 -o sae-L26`,
     then pass `--sae sae-L26`.
     """
     from polysteer.errors import PolysteerError
+    from polysteer.modalities.text.cli.sae import _sae_path
     from polysteer.modalities.text.evaluators.instructions import read_instructions
     from polysteer.modalities.text.models import load_text_model
-    from polysteer.modalities.text.cli.sae import _sae_path
     from polysteer.modalities.text.sae.guided import fit_saif
 
     data = read_instructions(data_path)
@@ -97,7 +97,7 @@ def saif(model_name, sae_path, data_path, instruction, top_k, min_fraction, posi
         raise PolysteerError(f"{data_path} has no instruction {instruction!r}; it has {', '.join(data.instructions)}")
     chosen = data.instructions[instruction]
     path = _sae_path(sae_path)
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     direction, finder = fit_saif(model, tokenizer, data.contents, chosen.wordings, path, top_k, min_fraction,
                                  position, {"instruction": instruction, "check": chosen.check})
     direction.save(output)

@@ -10,20 +10,24 @@ import click
 from polysteer.data import read_lines
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint, parse_layer_spec
 from polysteer.io import write_text_atomic
+from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.cli.attribution import attribution_points
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import EVAL_PROMPTS
 from polysteer.modalities.text.sweep import markdown_table, plot, score_rows, summarize, sweep_direction
+from polysteer.options import coefs_option, direction_option, layers_option
 
 
 @click.command()
-@click.option("--model", "model_name", default="smollm2", show_default=True)
-@click.option("-d", "--direction", "direction_path", required=True, type=click.Path())
+@text_model_options
+@direction_option(required=True, with_coef=False, coef_hint="sweep coefficients with --coefs",
+                  help="Direction file to sweep.")
 @click.option("--prompts-file", type=click.Path(), help="One prompt per line (default: 20 built-in neutral prompts).")
-@click.option("--coefs", default="0,1,2,4,6", show_default=True, help="Comma-separated coefficients.")
-@click.option("--layers", help="Hook-point layers to sweep (default: every layer in the file).")
+@coefs_option()
+@layers_option(help="Which of the file's layers to sweep (default: all of them).")
 @click.option("--concept", help="Concept description for the MiniLM similarity judge.")
 @click.option("--keywords", help="Comma-separated concept keywords.")
 @click.option("--max-new-tokens", default=48, show_default=True)
@@ -32,25 +36,21 @@ from polysteer.modalities.text.sweep import markdown_table, plot, score_rows, su
 @click.option("--top-layers", default=1, show_default=True, help="With --rank-layers: how many layers to sweep.")
 @click.option("--force", is_flag=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder for sweep.md, sweep.json, sweep.png.")
-def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keywords, max_new_tokens, rank_layers,
-          top_layers, force, output):
+def sweep(model_name, device, dtype, direction, prompts_file, coefs, layers, concept, keywords, max_new_tokens,
+          rank_layers, top_layers, force, output):
     """Sweep coefficients x layers; write a table and a concept-vs-fluency plot."""
     if not concept and not keywords:
         raise PolysteerError("give --concept DESCRIPTION and/or --keywords a,b,c to score the concept")
-    model, tokenizer = load_text_model(model_name)
-    direction = Direction.load(direction_path)
+    model, tokenizer = load_text_model(model_name, device, dtype)
+    direction = Direction.load(direction)
     modality = TextModality()
     direction.check_model(modality.identity(model), modality.d_model(model, direction.hook_points[0]), force)
-    points = direction.hook_points if not layers else [
-        hp for hp in direction.hook_points if str(int(hp.split(".")[2])) in layers.split(",")]
-    if not points:
-        raise PolysteerError(f"none of layers {layers} is in the direction file ({', '.join(direction.hook_points)})")
+    points = _chosen_points(direction.hook_points, layers)
     prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
     if rank_layers == "attribution":
         points = attribution_points(model, tokenizer, direction, prompts, keywords and keywords.split(","), points,
                                     top_layers)
-    coef_list = [float(c) for c in coefs.split(",")]
-    rows = sweep_direction(model, tokenizer, direction, prompts, coef_list, points, max_new_tokens)
+    rows = sweep_direction(model, tokenizer, direction, prompts, coefs, points, max_new_tokens)
     table = summarize(score_rows(rows, model, tokenizer, concept, keywords.split(",") if keywords else None))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,3 +59,15 @@ def sweep(model_name, direction_path, prompts_file, coefs, layers, concept, keyw
     plot(table, out / "sweep.png", "concept" if concept else "keyword")
     click.echo(markdown_table(table))
     click.echo(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+
+
+def _chosen_points(hook_points: list[str], layers: str | None) -> list[str]:
+    """The file's hook points at the ``--layers`` blocks (all of them without ``--layers``)."""
+    wanted = parse_layer_spec(layers) if layers else None
+    if wanted is None:
+        return list(hook_points)
+    missing = sorted(set(wanted) - {HookPoint.parse(hp).layer for hp in hook_points})
+    if missing:
+        raise PolysteerError(f"layers {missing} are not in the direction file ({', '.join(hook_points)}); "
+                             "pick --layers among its blocks")
+    return [hp for hp in hook_points if HookPoint.parse(hp).layer in wanted]

@@ -6,9 +6,11 @@ import click
 
 from polysteer.data import read_lines
 from polysteer.errors import PolysteerError
+from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import PERSONAS, TRAIN_QUESTIONS, PersonaPair
+from polysteer.options import layers_option
 
 
 def keyword_reward(keywords: list[str]):
@@ -42,13 +44,13 @@ def _training_rows(model, tokenizer, data, persona, questions, objective):
 
 
 @click.command(name="train-vector")
-@click.option("--model", "model_name", default="smollm2", show_default=True, help="HF model path or 'smollm2'.")
+@text_model_options
 @click.option("--data", type=click.Path(), help='JSONL of {"prompt", "target", "contrast"} rows.')
 @click.option("--persona", help=f"Built-in persona pair ({', '.join(PERSONAS)}) or 'POSITIVE|NEGATIVE'.")
 @click.option("--questions", type=click.Path(), help="Questions for persona answers / reward prompts.")
 @click.option("--objective", type=click.Choice(["supervised", "reward"]), default="supervised", show_default=True)
 @click.option("--reward-keywords", help="Reward: 1 if a sampled completion mentions one (default: the persona's).")
-@click.option("--layers", help="'12', '8,12' or '8-12' (default: 40% of the depth).")
+@layers_option(help="Default: 40% of the depth.")
 @click.option("--site", default="resid_post", show_default=True)
 @click.option("--steps", default=200, show_default=True)
 @click.option("--lr", default=1e-2, show_default=True)
@@ -63,11 +65,11 @@ def _training_rows(model, tokenizer, data, persona, questions, objective):
 @click.option("--max-new-tokens", default=32, show_default=True, help="Reward: length of sampled completions.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
-def train_vector(model_name, data, persona, questions, objective, reward_keywords, output, **params):
+def train_vector(model_name, device, dtype, data, persona, questions, objective, reward_keywords, output, **params):
     """Learn a steering vector by gradient descent through the frozen model (supervised or REINFORCE)."""
     from polysteer.finder import make_finder
 
-    model, tokenizer = load_text_model(model_name)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     rows, source, pair = _training_rows(model, tokenizer, data, persona, questions, objective)
     reward = None
     if objective == "reward":

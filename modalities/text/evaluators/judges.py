@@ -103,7 +103,9 @@ class Perplexity(Evaluator):
         """Token ids and the index of the first scored token (without a prompt the first token is context only)."""
         from polysteer.modalities.text.generation import format_prompt
 
-        prefix = self.tokenizer(format_prompt(self.tokenizer, prompt), add_special_tokens=False).input_ids if prompt else []
+        prefix = []
+        if prompt:
+            prefix = self.tokenizer(format_prompt(self.tokenizer, prompt), add_special_tokens=False).input_ids
         return prefix + self.tokenizer(text, add_special_tokens=False).input_ids, max(len(prefix), 1)
 
     def _batch(self, rows: list[tuple[list[int], int]]) -> list[float]:

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from polysteer.engine import Intervention, Plan
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
-from polysteer.plugins.sae.model import SAE
 from polysteer.modalities.text.generation import generate
 from polysteer.modalities.text.modality import TextModality
+from polysteer.plugins.sae.model import SAE
 
 Reward = Callable[[str, str], float]
 

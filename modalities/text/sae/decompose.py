@@ -16,11 +16,17 @@ from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.generation import Example, collect
 from polysteer.modalities.text.sae.explain import vocab_proj
-from polysteer.plugins.sae.model import SAE
 from polysteer.plugins.sae.decompose import (
-    Contribution, Decomposition, contrast_decomposition, decoder_cosine, measure_typical_norm, norm_warning,
-    reconstruction_cosine, typical_norm,
+    Contribution,
+    Decomposition,
+    contrast_decomposition,
+    decoder_cosine,
+    measure_typical_norm,
+    norm_warning,
+    reconstruction_cosine,
+    typical_norm,
 )
+from polysteer.plugins.sae.model import SAE
 
 
 @dataclass

@@ -16,11 +16,11 @@ from polysteer.direction import Direction
 from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import make_finder
-from polysteer.plugins.sae.lf_steering import LFSteering, lf_direction
-from polysteer.plugins.sae.model import SAE
 from polysteer.modalities.text.evaluators.consistency import Consistency, ParaphraseGroup, is_correct
 from polysteer.modalities.text.generation import Example, collect, generate
 from polysteer.modalities.text.modality import TextModality
+from polysteer.plugins.sae.lf_steering import LFSteering, lf_direction
+from polysteer.plugins.sae.model import SAE
 
 ANSWER_SUFFIX = "Answer in a few words."
 POSITIONS = ("last", "mean")
@@ -124,10 +124,8 @@ def fit_saif(model, tokenizer, contents: Sequence[str], wordings: Sequence[str],
     hp, X_pos = _sae_activations(model, tokenizer, sae, pos, position)
     _, X_neg = _sae_activations(model, tokenizer, sae, neg, position)
     finder = make_finder("saif", sae=sae, top_k=top_k, min_fraction=min_fraction).fit(X_pos, X_neg)
-    modality = TextModality()
-    direction = Direction(
-        vectors={hp: finder.direction_}, modality=modality.name, model=modality.identity(model), d_model=sae.d_in,
-        scales={hp: finder.scale_}, finder={"name": "saif", "params": {"top_k": top_k, "min_fraction": min_fraction}},
+    direction = Direction.from_fitted(
+        {hp: finder}, model=model, modality=TextModality(), d_model=sae.d_in,
         provenance={"sae": str(Path(sae_path).resolve()), "n_contents": len(contents), "n_wordings": len(wordings),
                     "position": position, **(provenance or {})},
         extras={"saif.latents": finder.latents_.clone(), "saif.activations": finder.activations_.clone()},

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from polysteer.engine import Intervention, steer
 from polysteer.errors import PolysteerError
+from polysteer.modalities.text.sae.store import ActivationStore
 from polysteer.operator import Operator
 from polysteer.plugins.sae.model import SAE
-from polysteer.modalities.text.sae.store import ActivationStore
 
 NEUTRAL_PROMPT = "From my experience,"
 _NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")

@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from polysteer.engine import Intervention
 from polysteer.errors import PolysteerError
-from polysteer.plugins.sae.model import SAE
 from polysteer.modalities.text.generation import Example, collect, generate, token_labels
-from polysteer.modalities.text.sae.select import RowAdd
 from polysteer.modalities.text.sae.lm_loss import lm_loss
+from polysteer.modalities.text.sae.select import RowAdd
+from polysteer.plugins.sae.model import SAE
 
 
 def _mean_latents(model, tokenizer, sae: SAE, hook_point: str, prompts: Sequence[str], answers: Sequence[str],

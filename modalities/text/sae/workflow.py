@@ -9,10 +9,10 @@ from typing import Iterable
 import torch
 
 from polysteer.capture import write_safetensors_atomic
-from polysteer.plugins.sae.model import SAE, STATS_FILE
+from polysteer.modalities.text.sae.lm_loss import spliced_loss
 from polysteer.modalities.text.sae.select import feature_stats
 from polysteer.modalities.text.sae.store import ActivationStore
-from polysteer.modalities.text.sae.lm_loss import spliced_loss
+from polysteer.plugins.sae.model import SAE, STATS_FILE
 from polysteer.plugins.sae.trainer import TrainConfig, train_sae
 
 SHIPPED_SAE = Path(__file__).parents[1] / "data" / "sae-smollm2-L12"

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from polysteer.engine import Intervention, Plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import hook_point
-from polysteer.model_finder import ModelFinder
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.trained.data import TrainRow, as_rows, frozen
-from polysteer.modalities.text.workflow import choose_layers
 from polysteer.modalities.text.trained.objectives import Reinforce, Supervised
+from polysteer.modalities.text.workflow import choose_layers
+from polysteer.model_finder import ModelFinder
 from polysteer.plugins.operators.gated import LearnedAdd
 
 

@@ -12,8 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from polysteer.errors import PolysteerError
-from polysteer.modalities.text.trained.data import (TrainRow, completion_ids, completion_logprobs, prompt_ids,
-                                                    sample)
+from polysteer.modalities.text.trained.data import TrainRow, completion_ids, completion_logprobs, prompt_ids, sample
 
 RewardFunction = Callable[[list[str]], Sequence[float]]
 
