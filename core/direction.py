@@ -18,6 +18,7 @@ from polysteer.capture import write_safetensors_atomic
 from polysteer.engine import Intervention, Plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.manifest import check_manifest
 from polysteer.modality import Modality, modality_for
 
 FORMAT_VERSION = 1
@@ -64,8 +65,17 @@ class Direction:
             HookPoint.parse(hp)
             if v.ndim != 1 or v.shape[0] != self.d_model:
                 raise PolysteerError(f"vector for {hp} has shape {tuple(v.shape)}, expected ({self.d_model},)")
+            if not v.is_floating_point():
+                raise PolysteerError(f"vector for {hp} has dtype {v.dtype}; steering vectors are floats")
             if not torch.isfinite(v).all():
                 raise PolysteerError(f"vector for {hp} contains NaN or inf")
+        for name, tensor in self.extras.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise PolysteerError(f"extra tensor {name!r} contains NaN or inf")
+        check_manifest({"format_version": FORMAT_VERSION, "hook_points": self.hook_points, **{
+            k: getattr(self, k) for k in ("modality", "model", "d_model", "operator", "schedule", "coefficient",
+                                          "scales", "weights", "finder", "provenance", "created")}},
+            "direction")
         if not self.polysteer_version:
             from polysteer import __version__
 
@@ -220,19 +230,19 @@ class Direction:
 
     @classmethod
     def _from_parts(cls, path, manifest, tensors) -> "Direction":
-        version = manifest.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise PolysteerError(f"{path} has format version {version}; this polysteer reads {FORMAT_VERSION}")
-        points = manifest.pop("hook_points", [])
+        manifest = dict(check_manifest(manifest, str(path)))
+        if manifest.pop("format_version") != FORMAT_VERSION:
+            raise PolysteerError(f"{path} has another format version; this polysteer reads {FORMAT_VERSION}")
+        points = manifest.pop("hook_points")
         missing = [hp for hp in points if hp not in tensors]
         if missing:
             raise PolysteerError(f"{path} lists hook points without vectors: {missing}")
+        stray = sorted((set(manifest.get("scales", {})) | set(manifest.get("weights", {}))) - set(points))
+        if stray:
+            raise PolysteerError(f"{path} has scales or weights for hook points it has no vector for: {stray}")
         vectors = {hp: tensors[hp] for hp in points}
         extras = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
-        try:
-            return cls(vectors=vectors, extras=extras, **manifest)
-        except TypeError as exc:
-            raise PolysteerError(f"{path} has an unexpected manifest: {exc}") from None
+        return cls(vectors=vectors, extras=extras, **manifest)
 
 
 def _unit_and_scale(hook_point: str, item: Any) -> tuple[torch.Tensor, float]:

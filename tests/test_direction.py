@@ -4,8 +4,10 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import save_file
-from tiny import tiny_model
+from tiny import fuzz_settings, tiny_model
 
 from polysteer import Direction, PolysteerError
 from polysteer.modalities.text.modality import TextModality
@@ -117,3 +119,63 @@ def test_gguf_control_vector_round_trip(tmp_path, llama):
                               atol=1e-5)
     with pytest.raises(PolysteerError, match="not a control-vector GGUF|cannot read"):
         import_gguf(tmp_path / "cv.gguf.missing")
+
+
+def write_raw(path, manifest, tensors):
+    save_file(tensors, str(path), metadata={"polysteer": json.dumps(manifest)})
+    return path
+
+
+GOOD = {"format_version": 1, "hook_points": ["text.blocks.0.resid_post"], "modality": "text", "model": {},
+        "d_model": 32}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"coefficient": float("nan")}, "'coefficient' must be a finite number"),
+    ({"coefficient": "4"}, "'coefficient' must be a finite number"),
+    ({"scales": {"text.blocks.0.resid_post": float("inf")}}, "'scales' must be an object of finite numbers"),
+    ({"scales": {"text.blocks.9.resid_post": 1.0}}, "no vector for"),
+    ({"d_model": "32"}, "'d_model' must be an integer"),
+    ({"d_model": True}, "'d_model' must be an integer"),
+    ({"hook_points": "text.blocks.0.resid_post"}, "non-empty list"),
+    ({"hook_points": ["text.blocks.0.nowhere"]}, "site"),
+    ({"model": ["x"]}, "'model' must be an object of strings"),
+    ({"finder": {"name": 3}}, "'finder' must be"),
+    ({"provenance": [1, 2]}, "'provenance' must be a JSON object"),
+    ({"format_version": 2}, "'format_version' must be 1"),
+    ({"backdoor": "x"}, "unknown manifest fields \\['backdoor'\\]"),
+    ({"modality": None}, "'modality' must be a string"),
+])
+def test_bad_manifests_are_one_line_errors(tmp_path, change, message):
+    path = write_raw(tmp_path / "d.safetensors", {**GOOD, **change}, {"text.blocks.0.resid_post": torch.ones(32)})
+    with pytest.raises(PolysteerError, match=message) as info:
+        Direction.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_integer_and_nan_tensors_in_a_file_are_refused(tmp_path):
+    hp = "text.blocks.0.resid_post"
+    with pytest.raises(PolysteerError, match="dtype torch.int64"):
+        Direction.load(write_raw(tmp_path / "a.safetensors", GOOD, {hp: torch.ones(32, dtype=torch.long)}))
+    extra = {hp: torch.ones(32), "extra.operator.x.w": torch.full((2,), float("nan"))}
+    with pytest.raises(PolysteerError, match="extra tensor"):
+        Direction.load(write_raw(tmp_path / "b.safetensors", GOOD, extra))
+
+
+MANIFEST_VALUES = (st.none() | st.booleans() | st.integers(-5, 2**21) | st.floats() | st.text(max_size=30)
+                   | st.lists(st.text(max_size=30), max_size=2)
+                   | st.dictionaries(st.text(max_size=30), st.floats() | st.text(), max_size=2))
+
+
+@fuzz_settings(300)
+@given(st.dictionaries(st.sampled_from(sorted(GOOD) + ["coefficient", "scales", "weights", "finder", "operator",
+                                                        "schedule", "provenance", "created", "extra"]),
+                       MANIFEST_VALUES, max_size=6))
+def test_fuzzed_manifests_load_or_raise_only_polysteer_errors(tmp_path_factory, change):
+    path = write_raw(tmp_path_factory.mktemp("fuzz") / "d.safetensors", {**GOOD, **change},
+                     {"text.blocks.0.resid_post": torch.ones(32)})
+    try:
+        direction = Direction.load(path)
+    except PolysteerError:
+        return
+    assert direction.d_model == 32 and torch.equal(direction.vectors["text.blocks.0.resid_post"], torch.ones(32))
