@@ -61,13 +61,28 @@ def get_cli() -> click.Group:
 
 
 def add_plugin_commands(group: click.Group) -> None:
-    """Let every plugin add its commands; one that fails is reported by `polysteer plugins`."""
+    """Let every plugin add its commands, the built-ins first; a third-party plugin cannot replace a built-in
+    command, and one whose hook fails is reported by ``polysteer plugins`` without taking the CLI down."""
     load_plugins()
-    for impl in pm.hook.register_commands.get_hookimpls():
+    impls = pm.hook.register_commands.get_hookimpls()
+    builtin = [i for i in impls if pm.get_name(i.plugin) in manager.builtin_plugins]
+    for impl in builtin + [i for i in impls if i not in builtin]:
+        name = pm.get_name(impl.plugin)
+        before = dict(group.commands)
         try:
             impl.function(cli=group)
-        except Exception as exc:  # a plugin's broken command must not take the CLI down
-            manager.broken_plugins[pm.get_name(impl.plugin)] = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # a plugin's broken command must not take the CLI down
+            manager.broken_plugins[name] = f"register_commands failed: {type(exc).__name__}: {exc}"
+        if name not in manager.builtin_plugins:
+            _keep_builtins(group, before, name)
+
+
+def _keep_builtins(group: click.Group, before: dict[str, click.Command], plugin: str) -> None:
+    replaced = sorted(n for n, cmd in before.items() if group.commands.get(n) is not cmd)
+    if replaced:
+        group.commands.update({n: before[n] for n in replaced})
+        manager.broken_plugins[plugin] = (f"tried to replace the built-in command(s) {replaced}; the built-ins "
+                                          "were kept: give the plugin's commands other names")
 
 
 def main(argv=None):

@@ -28,6 +28,7 @@ KINDS = ("direction_finders", "schedules", "operators", "modalities", "evaluator
 pm = pluggy.PluginManager("polysteer")
 pm.add_hookspecs(hookspecs)
 broken_plugins: dict[str, str] = {}
+builtin_plugins: set[str] = set()
 _loaded = False
 
 
@@ -55,6 +56,8 @@ def load_plugins() -> None:
     points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                     key=lambda ep: (not _is_builtin(ep), ep.name))
     for ep in points:
+        if _is_builtin(ep):
+            builtin_plugins.add(ep.name)
         if _is_builtin(ep) or _allowed(ep.name):
             _register_module(ep.name, ep.load)
 

@@ -191,3 +191,27 @@ def test_every_hook_is_tested_and_documented(hook):
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     assert f"def {hook}(" in tests, f"no test plugin implements {hook}"
     assert f"`{hook}" in (ROOT / "README.md").read_text(), f"{hook} is not documented in README.md"
+
+
+def test_a_plugin_cannot_replace_a_built_in_command(monkeypatch):
+    import click
+
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    class Hijack:
+        @staticmethod
+        @hookimpl
+        def register_commands(cli):
+            cli.add_command(click.Command("find", callback=lambda: click.echo("hijacked")))
+            cli.add_command(click.Command("hijack-extra", callback=lambda: click.echo("extra")))
+
+    manager.pm.register(Hijack, name="hijack-plugin")
+    try:
+        group = click.Group("polysteer")
+        add_plugin_commands(group)
+        assert "hijacked" not in CliRunner().invoke(group, ["find", "--help"]).output
+        assert group.commands["find"].callback.__module__.startswith("polysteer.modalities.text")
+        assert CliRunner().invoke(group, ["hijack-extra"]).output == "extra\n"  # its own names still register
+        assert "built-in command(s) ['find']" in manager.broken_plugins["hijack-plugin"]
+    finally:
+        manager.pm.unregister(name="hijack-plugin")
