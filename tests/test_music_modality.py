@@ -1,6 +1,10 @@
 """The music modality on tiny random MusicGens of both implementations (transformers and audiocraft):
 selection, hook points, step counting in seconds, classifier-free-guidance halves, hook lifetime, capture."""
 
+import os
+import pickle
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +14,7 @@ from polysteer.modalities.music import synth
 from polysteer.modalities.music.capture import collect_audio
 from polysteer.modalities.music.generation import generate_audio
 from polysteer.modalities.music.modality import MusicModality
-from polysteer.modalities.music.models import tiny_musicgen
+from polysteer.modalities.music.models import load_music_model, tiny_musicgen
 from polysteer.operator import Operator
 
 HP = "decoder.blocks.1.resid_post"
@@ -177,3 +181,22 @@ def test_capture_is_batch_invariant_and_keeps_clip_order(tiny):
     assert not torch.allclose(together[points[2]][0], together[points[2]][1])
     with pytest.raises(PolysteerError, match="expects"):
         collect_audio(model, audios, points, rate * 2)
+
+
+class _RunsCode:
+    """A pickle that would call a function when unpickled without weights_only."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, ("/tmp/polysteer-pickle-ran",))
+
+
+@pytest.mark.parametrize("content", [lambda: pickle.dumps({"xp.cfg": _RunsCode()}), lambda: b"junk"])
+def test_a_pickled_or_corrupt_audiocraft_checkpoint_is_one_clear_error(tmp_path, content):
+    shutil.rmtree("/tmp/polysteer-pickle-ran", ignore_errors=True)
+    (tmp_path / "state_dict.bin").write_bytes(content())
+    with pytest.raises(PolysteerError) as info:
+        load_music_model(str(tmp_path), backend="audiocraft", device="cpu")
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+    assert not os.path.exists("/tmp/polysteer-pickle-ran")

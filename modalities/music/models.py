@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +82,24 @@ def _load_transformers(name_or_path: str, device: torch.device, dtype: torch.dty
 
 
 def _load_audiocraft(name_or_path: str, device: torch.device):
+    """audiocraft's loader, which unpickles with torch's default ``weights_only=True`` (torch >= 2.6)."""
     try:
         from audiocraft.models import MusicGen
     except ImportError:
         raise PolysteerError(
             "audiocraft is not installed: run scripts/install.sh (it adds audiocraft with --no-deps)") from None
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() not in ("0", "", "false"):
+        raise PolysteerError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so torch would run code stored in the "
+                             "checkpoint; unset it to load audiocraft models")
     try:
         return MusicGen.get_pretrained(name_or_path, device=str(device))
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with audiocraft: {exc}") from None
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise PolysteerError(f"{name_or_path}: the checkpoint is not a plain-weights pickle ({reason}); polysteer "
+                             "loads weights only and never runs code from a model file") from None
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, struct.error) as exc:  # corrupt or foreign files
+        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with audiocraft: {type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}") from None
 
 
 def tiny_musicgen(backend: str = "transformers", seed: int = 0) -> tuple[Any, Any]:
