@@ -18,6 +18,7 @@ from polysteer.capture import write_safetensors_atomic
 from polysteer.engine import Intervention, Plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.io import portable
 from polysteer.manifest import check_manifest
 from polysteer.modality import Modality, modality_for
 
@@ -194,8 +195,11 @@ class Direction:
                 )
 
     def manifest(self) -> dict[str, Any]:
+        """The JSON manifest; absolute paths in the provenance and model name are made portable
+        (:func:`polysteer.io.portable`)."""
         data = asdict(self)
         data.pop("vectors"), data.pop("extras")
+        data["provenance"], data["model"] = portable(data["provenance"]), portable(data["model"])
         data["format_version"] = FORMAT_VERSION
         data["hook_points"] = self.hook_points
         return data

@@ -55,3 +55,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
     """Write ``data`` as JSON (UTF-8) atomically; values JSON cannot hold are written as their ``str``."""
     return write_text_atomic(path, json.dumps(data, indent=indent, default=str))
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path in it (nested in dicts and lists too) made portable.
+
+    A path below the working directory becomes relative to it, any other keeps its file or folder name only, so
+    a manifest never records a home directory; ``POLYSTEER_FULL_PROVENANCE=1`` keeps paths whole.
+    """
+    if os.environ.get("POLYSTEER_FULL_PROVENANCE") == "1":
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path, cwd = Path(value), Path.cwd()
+        return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else path.name
+    return value

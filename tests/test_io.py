@@ -50,3 +50,22 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, fail)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_manifests_record_no_absolute_paths_unless_asked(tmp_path, monkeypatch, llama):
+    import torch
+
+    from polysteer import Direction
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    direction = Direction(vectors={"text.blocks.0.resid_post": torch.ones(32)}, modality="text",
+                          model={"name": "/home/someone/models/llama"}, d_model=32,
+                          provenance={"data": str(tmp_path / "data" / "pairs.jsonl"), "sae": "/opt/saes/L12",
+                                      "nested": {"files": ["/home/someone/a.txt"]}, "note": "kept"})
+    manifest = direction.manifest()
+    assert manifest["provenance"] == {"data": "data/pairs.jsonl", "sae": "L12", "nested": {"files": ["a.txt"]},
+                                      "note": "kept"}
+    assert manifest["model"] == {"name": "llama"}
+    monkeypatch.setenv("POLYSTEER_FULL_PROVENANCE", "1")
+    assert direction.manifest()["provenance"]["sae"] == "/opt/saes/L12"

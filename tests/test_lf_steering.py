@@ -1,6 +1,7 @@
 """LF-Steering: latent selection, the sae_bias operator, the artifact, the consistency evaluator and the workflow."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,10 +119,11 @@ def test_artifact_round_trips_and_to_plan_rebuilds_the_operator(tmp_path, llama)
     X, groups, consistent = planted_groups()
     finder = LFSteering(sae, top_k=2).fit(X, groups, consistent)
     lf_direction(finder, HP, tmp_path / "sae", coefficient=0.5).save(tmp_path / "lf.safetensors")
+    shutil.rmtree(tmp_path / "sae")  # the file carries the SAE tensors it needs
     loaded = Direction.load(tmp_path / "lf.safetensors")
     assert loaded.operator == "sae_bias" and loaded.finder["params"] == {"top_k": 2, "mode": "pull"}
     op = loaded.to_plan().interventions[0].operator
-    assert isinstance(op, SAEBias) and torch.equal(op.latents, finder.latents_)
+    assert isinstance(op, SAEBias) and torch.equal(op.sae.W_dec[op.latents], sae.W_dec[finder.latents_])
     assert torch.equal(op.bias, finder.bias_) and torch.equal(op.pull, finder.pull_)
     assert loaded.to_plan().interventions[0].coefficient == 0.5
     assert loaded.to_plan(operator="add").interventions[0].operator == "add"
@@ -139,9 +141,10 @@ def test_artifact_round_trips_and_to_plan_rebuilds_the_operator(tmp_path, llama)
     assert torch.equal(rebuilt, overridden)
 
 
-def test_a_direction_without_an_sae_path_names_the_fix(tmp_path):
+def test_a_direction_without_its_sae_tensors_or_path_names_the_fix(tmp_path):
     X, groups, consistent = planted_groups()
     direction = lf_direction(LFSteering(axis_sae(D)).fit(X, groups, consistent), HP, "")
+    direction.extras = {k: v for k, v in direction.extras.items() if ".sae." not in k}
     with pytest.raises(PolysteerError, match="lf_plan"):
         direction.to_plan()
 

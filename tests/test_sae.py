@@ -132,7 +132,7 @@ def test_feature_direction_save_load_and_plans(tmp_path, llama):
     clamp = feature_direction(sae, 5, HP, operator="sae_clamp", sae_path=str(tmp_path / "sae"))
     clamp.save(tmp_path / "f5.safetensors")
     loaded = Direction.load(tmp_path / "f5.safetensors")
-    assert int(loaded.extras[FEATURE_KEY][0]) == 5 and loaded.provenance["sae"] == str(tmp_path / "sae")
+    assert int(loaded.extras[FEATURE_KEY][0]) == 5 and loaded.provenance["sae"] == "sae"  # no absolute path
     seen = []
     record = lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
     with torch.no_grad():
@@ -163,14 +163,14 @@ def test_a_saved_clamp_direction_rebuilds_its_operator_in_to_plan(tmp_path, llam
     direction.save(tmp_path / "f5.safetensors")
     loaded = Direction.load(tmp_path / "f5.safetensors")
     (iv,) = loaded.to_plan(9.0)
-    assert isinstance(iv.operator, SAEClamp) and iv.operator.feature == 5
+    assert isinstance(iv.operator, SAEClamp) and iv.operator.feature == 5  # TopK keeps every encoder column
     ids = torch.randint(4, 100, (1, 6))
     with torch.no_grad():
         with steer(llama, loaded.to_plan(9.0)):
             rebuilt = llama(input_ids=ids).logits
-        with steer(llama, feature_plan(loaded, coefficient=9.0)):
+        with steer(llama, feature_plan(loaded, sae, coefficient=9.0)):
             explicit = llama(input_ids=ids).logits
-    assert torch.equal(rebuilt, explicit)
+    assert torch.allclose(rebuilt, explicit, atol=1e-6) and not torch.allclose(rebuilt, llama(input_ids=ids).logits)
 
 
 def test_contrast_finds_the_planted_feature():
@@ -201,3 +201,17 @@ def test_feature_flow_follows_a_feature_across_layers():
     plan = flow_plan(saes, chain, 2.0)
     assert len(plan) == 2 and torch.equal(plan.interventions[0].direction, a.W_dec[9].detach())
     assert flow_chain(saes, "text.blocks.0.resid_post", 9, min_cosine=1.01) == [("text.blocks.0.resid_post", 9, 1.0)]
+
+
+@pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu"])
+def test_a_clamp_direction_steers_from_its_own_file_once_the_sae_is_gone(tmp_path, llama, architecture):
+    import shutil
+
+    sae = random_sae(architecture=architecture)
+    sae.save(tmp_path / "sae")
+    feature_direction(sae, 7, HP, operator="sae_clamp", sae_path=str(tmp_path / "sae")).save(tmp_path / "f.safetensors")
+    shutil.rmtree(tmp_path / "sae")
+    loaded = Direction.load(tmp_path / "f.safetensors")
+    h = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(3))
+    (iv,) = loaded.to_plan(4.0)
+    assert torch.allclose(iv.operator(h, iv.direction, 4.0), SAEClamp(sae, 7)(h, iv.direction, 4.0), atol=1e-6)

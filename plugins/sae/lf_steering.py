@@ -32,6 +32,7 @@ from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
 from polysteer.operator import Operator
 from polysteer.plugins.sae.model import SAE, load_sae
+from polysteer.plugins.sae.rows import sae_from_rows, sae_rows
 from polysteer.plugins.sae.steer import _on_device_of
 
 STORED = ("latents", "bias", "pull")  # operator tensors kept in the Direction (see operator_param_key)
@@ -73,10 +74,14 @@ class SAEBias(Operator):
 
     @classmethod
     def from_stored(cls, direction: Direction, hook_point: str, **tensors: torch.Tensor) -> "SAEBias":
-        """Rebuilt by ``Direction.to_plan()``: the stored tensors and the SAE path recorded in the provenance."""
+        """Rebuilt by ``Direction.to_plan()`` from the tensors stored in the file (older files: the SAE path)."""
+        rows = {k: v for k, v in tensors.items() if k.startswith("sae.")}
+        if rows:
+            sae, local = sae_from_rows(rows, tensors["latents"])
+            return cls(sae, local, tensors["bias"], tensors.get("pull"))
         source = direction.provenance.get("sae")
         if not source:
-            raise PolysteerError("the direction records no SAE path; pass the SAE: lf_plan(direction, sae)")
+            raise PolysteerError("the direction records no SAE; pass the SAE: lf_plan(direction, sae)")
         return cls(source, tensors["latents"], tensors["bias"], tensors.get("pull"))
 
     @classmethod
@@ -213,7 +218,7 @@ class LFSteering(BaseEstimator):
 def lf_direction(finder: LFSteering, hook_point: str, sae_path: str | os.PathLike, coefficient: float = 1.0,
                  model: dict[str, str] | None = None, provenance: dict[str, Any] | None = None,
                  modality: str = "text") -> Direction:
-    """A Direction whose ``to_plan()`` rebuilds the fitted ``sae_bias`` operator (SAE read from ``sae_path``).
+    """A Direction whose ``to_plan()`` rebuilds the fitted ``sae_bias`` operator from the SAE tensors it stores.
 
     The stored vector is the unit mean shift of a disagreeing paraphrase at ``c = 1`` (what ``--operator add`` adds).
     ``scales`` stays empty: the ``sae_bias`` coefficient is ``c`` itself.
@@ -226,9 +231,9 @@ def lf_direction(finder: LFSteering, hook_point: str, sae_path: str | os.PathLik
         coefficient=coefficient,
         provenance={"sae": str(sae_path), "sae_hook_name": sae.metadata.get("hook_name"),
                     "mean_shift_norm": finder.scale_, **(provenance or {})},
-        extras={operator_param_key(hook_point, "latents"): finder.latents_.clone(),
-                operator_param_key(hook_point, "bias"): finder.bias_.float().clone(),
-                operator_param_key(hook_point, "pull"): finder.pull_.float().clone()},
+        extras={operator_param_key(hook_point, k): v for k, v in {
+            "latents": finder.latents_.clone(), "bias": finder.bias_.float().clone(),
+            "pull": finder.pull_.float().clone(), **sae_rows(sae, finder.latents_)}.items()},
     )
 
 

@@ -18,6 +18,7 @@ from polysteer.errors import PolysteerError
 from polysteer.finder import DirectionFinder, check_inputs, finish_direction
 from polysteer.operator import Operator
 from polysteer.plugins.sae.model import SAE, load_sae, load_stats
+from polysteer.plugins.sae.rows import sae_from_rows, sae_rows
 
 FEATURE_KEY = "sae_feature"
 
@@ -52,21 +53,27 @@ class SAEClamp(Operator):
         self.feature = feature
 
     @classmethod
-    def from_stored(cls, direction: Direction, hook_point: str, feature: torch.Tensor) -> "SAEClamp":
-        """Rebuilt by ``Direction.to_plan()`` from the stored feature index and the SAE path in the provenance."""
+    def from_stored(cls, direction: Direction, hook_point: str, feature: torch.Tensor,
+                    **rows: torch.Tensor) -> "SAEClamp":
+        """Rebuilt by ``Direction.to_plan()`` from the SAE tensors stored in the file (older files: the SAE path)."""
+        if rows:
+            sae, local = sae_from_rows(rows, feature)
+            return cls(sae, int(local[0]))
         if not direction.provenance.get("sae"):
-            raise PolysteerError("the direction records no SAE path; pass the SAE: feature_plan(direction, sae)")
+            raise PolysteerError("the direction records no SAE; pass the SAE: feature_plan(direction, sae)")
         return cls(direction.provenance["sae"], int(feature[0]))
 
     @classmethod
     def from_direction(cls, direction: Direction, sae: "SAE | str | os.PathLike | None" = None) -> "SAEClamp":
-        """The operator for a feature Direction: its ``sae_feature`` index, and its recorded SAE unless given."""
+        """The operator for a feature Direction: its ``sae_feature`` index, with ``sae`` replacing the stored SAE."""
         if FEATURE_KEY not in direction.extras:
             raise PolysteerError("this direction has no sae_feature index; make it with feature_direction()")
-        source = sae if sae is not None else direction.provenance.get("sae")
-        if not source:
-            raise PolysteerError("the direction records no SAE path; pass the SAE: feature_plan(direction, sae)")
-        return cls(source, int(direction.extras[FEATURE_KEY][0]))
+        feature = direction.extras[FEATURE_KEY]
+        if sae is None:
+            return cls.from_stored(direction, direction.hook_points[0], feature,
+                                   **{k: v for k, v in direction.operator_params(direction.hook_points[0]).items()
+                                      if k != "feature"})
+        return cls(sae, int(feature[0]))
 
     def __call__(self, h, v, coef):
         if self.sae is None or self.feature is None:
@@ -113,13 +120,14 @@ def feature_direction(sae: SAE, feature: int, hook_point: str, operator: str = "
         raise PolysteerError(f"feature {feature} out of range: the SAE has {sae.d_sae} latents (0-{sae.d_sae - 1})")
     clamp = operator == "sae_clamp"
     extras = {FEATURE_KEY: torch.tensor([feature])}
-    if clamp and sae_path:  # lets Direction.to_plan() rebuild the operator from the file alone
-        extras[operator_param_key(hook_point, "feature")] = torch.tensor([feature])
+    if clamp:  # the SAE tensors the clamp needs travel in the file, so to_plan() rebuilds it from the file alone
+        params = {"feature": torch.tensor([feature]), **sae_rows(sae, torch.tensor([feature]))}
+        extras.update({operator_param_key(hook_point, k): v for k, v in params.items()})
     return Direction.from_fitted(
         {hook_point: sae.W_dec[feature]}, model=dict(sae.metadata.get("model", {})), modality=modality,
         d_model=sae.d_in, scaled=not clamp,  # a clamp's coefficient is the latent value
         finder={"name": "sae_feature", "params": {"feature": feature}}, operator=operator, coefficient=coefficient,
-        provenance={"sae": sae_path or "", "sae_hook_name": sae.metadata.get("hook_name")}, extras=extras,
+        provenance={"sae": str(sae_path or ""), "sae_hook_name": sae.metadata.get("hook_name")}, extras=extras,
     )
 
 

@@ -8,7 +8,17 @@ import click
 
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.cli import text_model_options
-from polysteer.options import coef_option, direction_option
+from polysteer.option_types import (
+    FINITE_FLOAT,
+    NONNEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    CheckedChoice,
+    CheckedInt,
+    input_type,
+    output_type,
+)
+from polysteer.options import coef_option, direction_option, output_option, site_option
 
 
 @click.group()
@@ -18,20 +28,20 @@ def sae():
 
 @sae.command()
 @text_model_options
-@click.option("--layer", type=int, default=12, show_default=True)
-@click.option("--site", default="resid_post", show_default=True)
-@click.option("--text", "texts", multiple=True, type=click.Path(), help="Text or JSONL files (default: Debian corpus).")
-@click.option("--tokens", type=int, default=2_000_000, show_default=True, help="Training tokens to store.")
-@click.option("--d-sae", type=int, default=4096, show_default=True)
-@click.option("-k", "--k", type=int, default=32, show_default=True)
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=4e-4, show_default=True)
-@click.option("--batch-size", type=int, default=4096, show_default=True)
-@click.option("--context", type=int, default=128, show_default=True)
+@click.option("--layer", type=NONNEGATIVE_INT, default=12, show_default=True)
+@site_option()
+@click.option("--text", "texts", multiple=True, type=input_type(), help="Text or JSONL files (default: Debian corpus).")
+@click.option("--tokens", type=POSITIVE_INT, default=2_000_000, show_default=True, help="Training tokens to store.")
+@click.option("--d-sae", type=POSITIVE_INT, default=4096, show_default=True)
+@click.option("-k", "--k", type=POSITIVE_INT, default=32, show_default=True)
+@click.option("--epochs", type=POSITIVE_INT, default=1, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=4e-4, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=4096, show_default=True)
+@click.option("--context", type=CheckedInt(min=2), default=128, show_default=True)
 @click.option("--bf16/--no-bf16", default=False, help="Collect activations under bfloat16 autocast (faster).")
-@click.option("--shard-tokens", type=int, default=2**16, show_default=True, help="Tokens per store shard.")
-@click.option("--store", "store_dir", type=click.Path(), help="Activation store folder (resumed if present).")
-@click.option("-o", "--output", required=True, type=click.Path(), help="SAE folder to write (SAELens format).")
+@click.option("--shard-tokens", type=POSITIVE_INT, default=2**16, show_default=True, help="Tokens per store shard.")
+@click.option("--store", "store_dir", type=output_type("dir"), help="Activation store folder (resumed if present).")
+@output_option("dir", help="SAE folder to write (SAELens format).")
 def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epochs, lr, batch_size, context, bf16,
           shard_tokens, store_dir, output):
     """Train a TopK SAE on activations streamed from the model; prints its metrics."""
@@ -43,6 +53,8 @@ def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epoch
     from polysteer.modalities.text.sae.workflow import train_text_sae
     from polysteer.plugins.sae.trainer import TrainConfig
 
+    if k > d_sae:
+        raise PolysteerError(f"-k {k} is more than --d-sae {d_sae}: TopK keeps k of the d_sae latents")
     model, tokenizer = load_text_model(model_name, device, dtype)
     hp = hook_point(layer, site)
     documents = read_documents(texts) if texts else debian_corpus()
@@ -55,11 +67,11 @@ def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epoch
 
 
 @sae.command()
-@click.argument("feature", type=int)
-@click.option("--sae", "sae_path", type=click.Path(), help="SAE folder (default: the shipped SmolLM2 SAE).")
-@click.option("--operator", type=click.Choice(["add", "sae_clamp"]), default="add", show_default=True)
+@click.argument("feature", type=NONNEGATIVE_INT)
+@click.option("--sae", "sae_path", type=input_type("any"), help="SAE folder (default: the shipped SmolLM2 SAE).")
+@click.option("--operator", type=CheckedChoice(["add", "sae_clamp"]), default="add", show_default=True)
 @coef_option(1.0, help="The file's default coefficient, in latent units (the feature's activation scale).")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
+@output_option(help="Direction file to write (.safetensors).")
 def feature(feature, sae_path, operator, coef, output):
     """Write one SAE feature as a direction file (its decoder row; index and SAE path recorded)."""
     from polysteer.plugins.sae.model import SAE
@@ -68,7 +80,7 @@ def feature(feature, sae_path, operator, coef, output):
     path = _sae_path(sae_path)
     model_sae = SAE.load(path)
     hp = model_sae.hook_point
-    feature_direction(model_sae, feature, hp, operator, coef, str(Path(path).resolve())).save(output)
+    feature_direction(model_sae, feature, hp, operator, coef, str(path)).save(output)
     click.echo(f"wrote {output}: feature {feature} at {hp} ({operator})")
 
 
@@ -85,16 +97,17 @@ def _sae_path(path: str | None) -> Path:
 
 @click.command()
 @text_model_options
-@click.option("--sae", "sae_path", type=click.Path(), help="SAE folder (default: the shipped SmolLM2 SAE).")
-@click.option("--feature", type=int, help="SAE feature to describe.")
+@click.option("--sae", "sae_path", type=input_type("any"), help="SAE folder (default: the shipped SmolLM2 SAE).")
+@click.option("--feature", type=NONNEGATIVE_INT, help="SAE feature to describe.")
 @direction_option(with_coef=False, coef_hint="give the coefficient with --coef",
                   help="Direction file to describe instead.")
-@click.option("--text", "text_path", type=click.Path(), help="Text file: show its top-activating snippets.")
-@click.option("--value", type=float, default=10.0, show_default=True, help="TokenChange clamp value / step size.")
-@click.option("-n", "--top", type=int, default=10, show_default=True)
+@click.option("--text", "text_path", type=input_type(), help="Text file: show its top-activating snippets.")
+@click.option("--value", type=FINITE_FLOAT, default=10.0, show_default=True,
+              help="TokenChange clamp value / step size.")
+@click.option("-n", "--top", type=POSITIVE_INT, default=10, show_default=True)
 @click.option("--decompose", is_flag=True, help="With --direction: its top signed SAE features (decoder cosine; "
               "contrast with --data); --text then measures the typical activation norm.")
-@click.option("--data", "data_path", type=click.Path(), help="--decompose: contrastive JSONL to encode per class.")
+@click.option("--data", "data_path", type=input_type(), help="--decompose: contrastive JSONL to encode per class.")
 @coef_option(help="--decompose: coefficient for the norm check (default: the file's).")
 def explain(model_name, device, dtype, sae_path, feature, direction, text_path, value, top, decompose, data_path, coef):
     """Describe an SAE feature or a direction: VocabProj, TokenChange and top-activating snippets.
@@ -111,6 +124,7 @@ def explain(model_name, device, dtype, sae_path, feature, direction, text_path, 
         raise PolysteerError("--data and --coef go with --decompose")
     if decompose and direction is None:
         raise PolysteerError("--decompose takes --direction FILE (an SAE feature is already one feature)")
+    _read_inputs(text_path, data_path)
     model, tokenizer = load_text_model(model_name, device, dtype)
     if decompose:
         _decompose(model, tokenizer, sae_path, direction, data_path, text_path, coef, top)
@@ -118,6 +132,16 @@ def explain(model_name, device, dtype, sae_path, feature, direction, text_path, 
     subject = _subject(model, sae_path, feature, direction)
     for line in describe(model, tokenizer, *subject, text_path=text_path, value=value, n=top):
         click.echo(line)
+
+
+def _read_inputs(text_path: str | None, data_path: str | None) -> None:
+    """Read the --text and --data files once before the model loads, so a bad row fails first."""
+    from polysteer.data import read_contrastive, read_lines
+
+    if text_path:
+        read_lines(text_path)
+    if data_path:
+        read_contrastive(data_path)
 
 
 def _decompose(model, tokenizer, sae_path, direction_path, data_path, text_path, coef, top) -> None:

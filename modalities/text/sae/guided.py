@@ -102,7 +102,7 @@ def fit_lf_steering(model, tokenizer, groups: Sequence[ParaphraseGroup], sae_pat
     hp, X = _sae_activations(model, tokenizer, sae, prompts, position)
     agreeing = agreeing_groups(baseline.agreement, agree_threshold)
     finder = LFSteering(sae, top_k=top_k, mode=mode).fit(X, ids, [g in agreeing for g in ids])
-    direction = lf_direction(finder, hp, Path(sae_path).resolve(), coefficient, TextModality().identity(model),
+    direction = lf_direction(finder, hp, sae_path, coefficient, TextModality().identity(model),
                              {"n_groups": len(groups), "n_agreeing": len(agreeing), "agree_threshold": agree_threshold,
                               "position": position})
     return direction, finder, baseline
@@ -126,7 +126,7 @@ def fit_saif(model, tokenizer, contents: Sequence[str], wordings: Sequence[str],
     finder = make_finder("saif", sae=sae, top_k=top_k, min_fraction=min_fraction).fit(X_pos, X_neg)
     direction = Direction.from_fitted(
         {hp: finder}, model=model, modality=TextModality(), d_model=sae.d_in,
-        provenance={"sae": str(Path(sae_path).resolve()), "n_contents": len(contents), "n_wordings": len(wordings),
+        provenance={"sae": str(sae_path), "n_contents": len(contents), "n_wordings": len(wordings),
                     "position": position, **(provenance or {})},
         extras={"saif.latents": finder.latents_.clone(), "saif.activations": finder.activations_.clone()},
     )
