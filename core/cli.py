@@ -32,6 +32,8 @@ def plugins():
         click.echo(row["name"])
         for kind, names in sorted(row["registered"].items()):
             click.echo(f"  {kind}: {', '.join(sorted(names))}")
+        if "problem" in row:
+            click.echo(f"  problem: {row['problem']}")
 
 
 @cli.command()

@@ -129,7 +129,7 @@ def _add(reg: Registry, obj: Any, name: str | None, owner: str) -> None:
 
 
 def plugin_summary() -> list[dict[str, Any]]:
-    """One entry per loaded plugin: its name and what it registered, plus broken ones."""
+    """One entry per loaded plugin (its name, what it registered, any problem), plus plugins that failed to load."""
     load_plugins()
     rows: dict[str, dict[str, Any]] = {}
     for plugin in pm.get_plugins():
@@ -140,6 +140,9 @@ def plugin_summary() -> list[dict[str, Any]]:
         reg = registry(kind)
         for item, owner in reg.owners.items():
             rows[owner]["registered"].setdefault(kind, []).append(item)
+    for name, problem in broken_plugins.items():
+        if name in rows:  # loaded, but part of what it registers was refused
+            rows[name]["problem"] = problem
     out = sorted(rows.values(), key=lambda r: r["name"])
-    out += [{"name": n, "error": e} for n, e in sorted(broken_plugins.items())]
+    out += [{"name": n, "error": e} for n, e in sorted(broken_plugins.items()) if n not in rows]
     return out

@@ -63,7 +63,7 @@ def test_a_duplicate_name_is_skipped_and_reported_naming_both_plugins(monkeypatc
         assert reg["add"] is not Imposter and reg.owners["add"] == "polysteer.plugins.operators"
         assert re.search(r"'add'.*polysteer\.plugins\.operators.*dup-plugin", manager.broken_plugins["dup-plugin"])
         output = CliRunner().invoke(get_cli(), ["plugins"]).output
-        assert "dup-plugin  [failed to load] duplicate operator name 'add'" in output
+        assert "dup-plugin\n  problem: duplicate operator name 'add'" in output
     finally:
         manager.pm.unregister(name="dup-plugin")
 
