@@ -24,7 +24,7 @@ class Target:
 
 
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-MLP_NAMES = ("mlp", "feed_forward", "ffn")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "fc2")  # OPT has no MLP module: fc2 is its last layer
 
 
 def block_target(block: nn.Module, site: str) -> Target:

@@ -11,7 +11,8 @@ from polysteer.modalities.text.modality import TextModality, layer_prefix
 
 EXPECTED_PREFIX = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
                    "gemma2": "model.layers", "phi3": "model.layers", "gpt2": "transformer.h",
-                   "gpt_neox": "gpt_neox.layers"}
+                   "gpt_neox": "gpt_neox.layers", "opt": "model.decoder.layers", "bloom": "transformer.h",
+                   "falcon": "transformer.h", "gptj": "transformer.h"}
 
 
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))

@@ -31,6 +31,12 @@ TINY_CONFIGS = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=3, n_head=4, n_positions=128)),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, intermediate_size=64,
                                                              num_hidden_layers=3, num_attention_heads=4)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=3,
+                                                 num_attention_heads=4, word_embed_proj_dim=32)),
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=3, n_head=4)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                         new_decoder_architecture=False, multi_query=True)),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128)),
 }
 
 
