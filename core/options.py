@@ -1,7 +1,9 @@
 """The command-line options every command group shares: one spelling, one parser and one help text each.
 
 Text, music, vision-language and SAE commands all take ``--model``, ``--device``, ``--dtype``,
-``-d/--direction FILE[@COEF]``, ``--layers``, ``--coef`` and ``--coefs`` from here. Bad values raise
+``-d/--direction FILE[@COEF]``, ``--layers``, ``--coef``, ``--coefs``, ``-o/--output``, ``--finder``,
+``--operator``, ``--schedule``, ``--site``, ``--max-new-tokens`` and ``--seed`` from here; counts, sizes and
+probabilities use the checked types of :mod:`polysteer.option_types`. Bad values raise
 :class:`~polysteer.errors.PolysteerError` while the command line is parsed, so ``polysteer`` prints one
 ``Error:`` line before any model loads.
 """
@@ -15,12 +17,27 @@ from typing import Any, Callable
 import click
 
 from polysteer.errors import PolysteerError
-from polysteer.hookpoints import LAYER_SPEC_HELP, parse_layer_spec, parse_layers
+from polysteer.hookpoints import LAYER_SPEC_HELP, SITES, parse_layer_spec, parse_layers
+from polysteer.option_types import (
+    POSITIVE_INT,
+    SEED,
+    CheckedChoice,
+    Parsed,
+    check_schedule,
+    output_type,
+    registered_type,
+)
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_HELP = "Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."
 DTYPE_HELP = "Weight precision; auto is bfloat16 on a GPU and float32 on CPU."
 COEFS_HELP = "Comma-separated coefficients, e.g. 0,1,2,4."
+
+OVERWRITE_HELP = {  # the one rule for every command that writes, by what -o names
+    "file": "An existing file there is replaced (atomically: a failed run leaves it as it was).",
+    "dir": "Files of the same names in it are replaced (atomically: a failed run leaves them as they were).",
+    "file-or-dir": "Existing files are replaced (atomically: a failed run leaves them as they were).",
+}
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -86,29 +103,10 @@ def parse_direction_spec(text: str) -> tuple[str, float | None]:
                              f"write FILE@COEF with a number, e.g. {path}@4") from None
 
 
-class _Parsed(click.ParamType):
-    """A click type whose parser raises PolysteerError (one ``Error:`` line, exit 1) instead of a usage error."""
-
-    def __init__(self, name: str, parse: Callable[[str, str], Any]):
-        self.name = name
-        self._parse = parse
-
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):  # a default that is already parsed
-            return value
-        return self._parse(value, max(param.opts, key=len) if param is not None else "")
-
-
 def _check_device(text: str, option: str) -> str:
     from polysteer.device import resolve_device
 
     resolve_device(text)
-    return text
-
-
-def _check_dtype(text: str, option: str) -> str:
-    if text not in DTYPE_CHOICES:
-        raise PolysteerError(f"unknown {option} {text!r}: use one of {', '.join(DTYPE_CHOICES)}")
     return text
 
 
@@ -160,14 +158,14 @@ def model_option(default: str | None = None, required: bool = False,
 
 def device_option() -> Decorator:
     """``--device`` (default ``auto``), checked to exist before any model loads."""
-    return click.option("--device", default="auto", show_default=True, type=_Parsed("device", _check_device),
+    return click.option("--device", default="auto", show_default=True, type=Parsed("device", _check_device),
                         help=DEVICE_HELP)
 
 
 def dtype_option() -> Decorator:
     """``--dtype`` (default ``auto``): one of :data:`DTYPE_CHOICES`."""
-    return click.option("--dtype", default="auto", show_default=True, metavar=f"[{'|'.join(DTYPE_CHOICES)}]",
-                        type=_Parsed("dtype", _check_dtype), help=DTYPE_HELP)
+    return click.option("--dtype", default="auto", show_default=True, type=CheckedChoice(DTYPE_CHOICES),
+                        help=DTYPE_HELP)
 
 
 def model_options(default: str | None = None, required: bool = False,
@@ -195,7 +193,7 @@ def direction_option(multiple: bool = False, required: bool = False, with_coef: 
     spec = "FILE[@COEF]" if with_coef else "FILE"
     about = help or ("Direction file, FILE@COEF for its own coefficient" + ("; repeatable." if multiple else "."))
     return click.option("-d", "--direction", "directions" if multiple else "direction", multiple=multiple,
-                        required=required, metavar=spec, type=_Parsed("direction", _direction(with_coef, coef_hint)),
+                        required=required, metavar=spec, type=Parsed("direction", _direction(with_coef, coef_hint)),
                         help=about)
 
 
@@ -212,7 +210,7 @@ def layers_option(name: str = "--layers", default: str | None = None, help: str 
     """
     text = f"Blocks: {LAYER_SPEC_HELP}." + (f" {help}" if help else "")
     return click.option(name, default=default, show_default=default is not None, metavar="SPEC",
-                        type=_Parsed("layers", _check_layers), help=text)
+                        type=Parsed("layers", _check_layers), help=text)
 
 
 def resolve_layers(spec: str | None, n_layers: int) -> list[int] | None:
@@ -228,7 +226,7 @@ def coef_option(default: float | None = None, help: str = "Steering coefficient.
         help: what the coefficient does in this command.
     """
     return click.option("--coef", default=default, show_default=default is not None, metavar="FLOAT",
-                        type=_Parsed("coef", parse_coef), help=help)
+                        type=Parsed("coef", parse_coef), help=help)
 
 
 def coefs_option(default: str = "0,1,2,4,6") -> Decorator:
@@ -238,4 +236,62 @@ def coefs_option(default: str = "0,1,2,4,6") -> Decorator:
         default: the list without the flag, as typed.
     """
     return click.option("--coefs", default=default, show_default=True, metavar="LIST",
-                        type=_Parsed("coefs", parse_coefs), help=COEFS_HELP)
+                        type=Parsed("coefs", parse_coefs), help=COEFS_HELP)
+
+
+def output_option(kind: str = "file", required: bool = True, help: str = "") -> Decorator:
+    """``-o/--output PATH`` (parameter ``output``), checked by :func:`polysteer.option_types.check_output_path`
+    before any model loads.
+
+    An existing output is replaced, as ``cp`` or ``gcc -o`` would, and atomically (see :mod:`polysteer.io`);
+    ``--force`` keeps its one meaning everywhere, using a direction made on another model.
+
+    Args:
+        kind: ``file``, ``dir`` (e.g. ``sweep -o FOLDER``) or ``file-or-dir`` (the command checks which).
+        required: the command needs it.
+        help: what is written there.
+    """
+    about = (help or ("Folder to write." if kind == "dir" else "File to write.")) + " " + OVERWRITE_HELP[kind]
+    return click.option("-o", "--output", "output", required=required, metavar="FOLDER" if kind == "dir" else "PATH",
+                        type=output_type(kind), help=about)
+
+
+def finder_option(default: str | None = "diffmean", help: str = "Registered direction-finder name.") -> Decorator:
+    """``--finder NAME`` (parameter ``finder``), checked against the plugin registry before any model loads."""
+    return click.option("--finder", default=default, show_default=default is not None, metavar="NAME",
+                        type=registered_type("direction_finders"), help=help)
+
+
+def operator_option(default: str | None = None, help: str = "Registered operator name.") -> Decorator:
+    """``--operator NAME`` (parameter ``operator``), checked against the plugin registry."""
+    return click.option("--operator", default=default, show_default=default is not None, metavar="NAME",
+                        type=registered_type("operators"), help=help)
+
+
+def schedule_option(multiple: bool = False, steps_per_second: float | None = None, help: str = "") -> Decorator:
+    """``--schedule SPEC`` (parameter ``schedule``, or ``schedules`` when repeatable), parsed to check it.
+
+    Args:
+        multiple: repeatable (one schedule per direction).
+        steps_per_second: the modality's frame rate, so specs in seconds (``ramp:5s-15s``) parse.
+        help: what the schedule applies to.
+    """
+    parse = Parsed("schedule", lambda text, option: check_schedule(text, option, steps_per_second))
+    return click.option("--schedule", "schedules" if multiple else "schedule", multiple=multiple, metavar="SPEC",
+                        type=parse, help=help or "e.g. constant, generated-only, window:0-20, ramp:0-10.")
+
+
+def site_option(default: str = "resid_post") -> Decorator:
+    """``--site`` (parameter ``site``): where in a block to read or steer, one of the shared hook-point sites."""
+    return click.option("--site", default=default, show_default=True, type=CheckedChoice(SITES),
+                        help="Where in each block.")
+
+
+def max_new_tokens_option(default: int, help: str = "Tokens to generate per prompt.") -> Decorator:
+    """``--max-new-tokens N`` (>= 1)."""
+    return click.option("--max-new-tokens", default=default, show_default=True, type=POSITIVE_INT, help=help)
+
+
+def seed_option(default: int = 0) -> Decorator:
+    """``--seed N`` (an integer in [0, 2**32 - 1], as numpy and torch take it)."""
+    return click.option("--seed", default=default, show_default=True, type=SEED, help="Random seed.")

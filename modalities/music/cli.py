@@ -9,11 +9,34 @@ import click
 import numpy as np
 
 from polysteer.errors import PolysteerError
-from polysteer.options import coef_option, direction_option, layers_option, model_options, resolve_layers
+from polysteer.option_types import (
+    NONNEGATIVE_FLOAT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    CheckedChoice,
+    CheckedFloat,
+    Parsed,
+    check_output_path,
+    input_type,
+    output_type,
+)
+from polysteer.options import (
+    coef_option,
+    direction_option,
+    finder_option,
+    layers_option,
+    model_options,
+    output_option,
+    resolve_layers,
+    schedule_option,
+    seed_option,
+)
 
 backend_option = click.option("--backend", default="auto", show_default=True,
-                              type=click.Choice(["auto", "transformers", "audiocraft"]),
+                              type=CheckedChoice(["auto", "transformers", "audiocraft"]),
                               help="MusicGen implementation to load the model with.")
+#: Frame rate used to check schedule specs in seconds; the engine parses them again with the model's own.
+FRAME_RATE = 50.0
 
 
 @click.group()
@@ -21,29 +44,45 @@ def music():
     """Steer MusicGen: find note/chord directions, generate steered audio, evaluate audio."""
 
 
-def _integers(spec: str, option: str) -> list[int]:
+def _octaves(spec: str, option: str) -> list[int]:
     try:
-        return [int(part) for part in spec.split(",")]
+        octaves = [int(part) for part in spec.split(",")]
     except ValueError:
-        raise PolysteerError(f"bad {option} {spec!r}: give comma-separated integers, e.g. '3,4'") from None
+        octaves = [-1]
+    if not all(0 <= octave <= 8 for octave in octaves):
+        raise PolysteerError(f"bad {option} {spec!r}: give comma-separated octaves from 0 to 8, e.g. '3,4'")
+    return octaves
+
+
+def _concept(spec: str, option: str) -> str:
+    """The concept in its canonical spelling (``note:e`` -> ``note:E``), so duplicates are seen as such."""
+    from polysteer.modalities.music.workflow import Concept
+
+    try:
+        return str(Concept.parse(spec))
+    except PolysteerError as exc:
+        raise PolysteerError(f"bad {option} {spec!r}: {exc}") from None
 
 
 @music.command()
-@click.option("--concept", "concepts", multiple=True, required=True,
+@click.option("--concept", "concepts", multiple=True, required=True, type=Parsed("concept", _concept),
               help="note:<pitch class> (note:E) or chord:<quality> (chord:minor); repeat for several.")
 @model_options(required=True, help="Local path or hub id; tiny:transformers for a dry run.")
 @backend_option
-@click.option("--finder", help="Registered finder (default: rfm if installed, else diffmean).")
+@finder_option(None, help="Registered finder (default: rfm if installed, else diffmean).")
 @layers_option(help="Decoder blocks to probe (default: all).")
-@click.option("--top-k", type=int, help="Keep only the k layers with the best validation AUC.")
-@click.option("--variants", default=2, show_default=True, help="Random variants of each synthetic clip.")
-@click.option("--seconds", default=1.0, show_default=True, help="Length of each synthetic clip.")
-@click.option("--octaves", help="Octaves to render, e.g. '3,4' (default: notes 2-5, chords 3-4).")
-@click.option("--val-fraction", default=0.25, show_default=True, help="Held-out share for per-layer AUC.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--cache-dir", type=click.Path(), help="Reuse activations saved here.")
-@click.option("-o", "--output", required=True, type=click.Path(),
-              help="Direction file for one concept; for several, a folder that gets one file per concept.")
+@click.option("--top-k", type=POSITIVE_INT, help="Keep only the k layers with the best validation AUC.")
+@click.option("--variants", default=2, show_default=True, type=POSITIVE_INT,
+              help="Random variants of each synthetic clip.")
+@click.option("--seconds", default=1.0, show_default=True, type=POSITIVE_FLOAT, help="Length of each synthetic clip.")
+@click.option("--octaves", type=Parsed("octaves", _octaves),
+              help="Octaves to render, e.g. '3,4' (default: notes 2-5, chords 3-4).")
+@click.option("--val-fraction", default=0.25, show_default=True, type=CheckedFloat(0, 1, min_open=True, max_open=True),
+              help="Held-out share for per-layer AUC.")
+@seed_option()
+@click.option("--cache-dir", type=output_type("dir"), help="Reuse activations saved here.")
+@output_option("file-or-dir", help="Direction file for one concept; for several, a folder that gets one file per "
+               "concept.")
 def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, variants, seconds, octaves, val_fraction,
          seed, cache_dir, output):
     """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted)."""
@@ -51,11 +90,12 @@ def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, va
     from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.workflow import find_concepts
 
+    several = len(set(concepts)) > 1
+    check_output_path(output, "dir" if several else "file", "--output")
     model, _ = load_music_model(model_name, backend, device, dtype)
     layer_list = resolve_layers(layers, MusicModality().n_layers(model))
-    octave_list = _integers(octaves, "--octaves") if octaves else None
     fits = find_concepts(model, concepts, layer_list, finder, seconds, variants, val_fraction, top_k, seed,
-                         cache_dir, octave_list)
+                         cache_dir, octaves)
     for fit in fits.values():
         path = Path(output) / f"{fit.concept.slug}.safetensors" if len(fits) > 1 else Path(output)
         fit.direction.save(path)
@@ -67,19 +107,20 @@ def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, va
 @click.argument("prompt")
 @direction_option(multiple=True)
 @coef_option(1.0, help="Coefficient for directions without @COEF.")
-@click.option("--schedule", "schedules", multiple=True,
-              help="One for all directions or one each, e.g. ramp:5s-15s, exp-decay:0.998, window:2s-4s; "
-                   "crossfade two directions with decay:5s-10s and ramp:5s-10s.")
-@click.option("--branch", default="both", show_default=True, type=click.Choice(["both", "cond", "uncond"]),
+@schedule_option(multiple=True, steps_per_second=FRAME_RATE,
+                 help="One for all directions or one each, e.g. ramp:5s-15s, exp-decay:0.998, window:2s-4s; "
+                      "crossfade two directions with decay:5s-10s and ramp:5s-10s.")
+@click.option("--branch", default="both", show_default=True, type=CheckedChoice(["both", "cond", "uncond"]),
               help="Classifier-free-guidance half to steer.")
-@click.option("--seconds", default=10.0, show_default=True)
+@click.option("--seconds", default=10.0, show_default=True, type=POSITIVE_FLOAT)
 @model_options(help="Local path or hub id (default: the model the direction was made on).")
 @backend_option
-@click.option("--seed", default=0, show_default=True)
-@click.option("--guidance", default=3.0, show_default=True, help="Classifier-free guidance scale.")
+@seed_option()
+@click.option("--guidance", default=3.0, show_default=True, type=NONNEGATIVE_FLOAT,
+              help="Classifier-free guidance scale (1: none).")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of top-k sampling.")
 @click.option("--force", is_flag=True, help="Use a direction made on another model with the same width.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="WAV file to write.")
+@output_option(help="WAV file to write.")
 def generate(prompt, directions, coef, schedules, branch, seconds, model_name, device, dtype, backend, seed, guidance,
              greedy, force, output):
     """Generate a WAV from a text PROMPT, steered by direction files."""
@@ -89,6 +130,7 @@ def generate(prompt, directions, coef, schedules, branch, seconds, model_name, d
     from polysteer.modalities.music.modality import MusicModality
     from polysteer.modalities.music.models import load_music_model
 
+    _check_schedules(schedules, directions)
     loaded = [(Direction.load(path), coef if own is None else own) for path, own in directions]
     if not model_name and loaded:  # the model the first direction was made on
         model_name = loaded[0][0].model.get("name")
@@ -104,12 +146,21 @@ def generate(prompt, directions, coef, schedules, branch, seconds, model_name, d
     click.echo(f"wrote {output}: {audio.shape[-1]} samples, {len(loaded)} direction(s)")
 
 
+def _check_schedules(schedules: tuple[str, ...], directions: tuple) -> None:
+    """One schedule for all directions or one each, and none without a direction (it would be ignored)."""
+    if schedules and not directions:
+        raise PolysteerError("--schedule applies to steering directions: give -d FILE[@COEF] too")
+    if len(schedules) > 1 and len(schedules) != len(directions):
+        raise PolysteerError(f"got {len(schedules)} --schedule values for {len(directions)} directions; "
+                             "give one for all or one each")
+
+
 @music.command(name="eval")
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("files", nargs=-1, required=True, type=input_type())
 @click.option("--target-note", help="Score the share of clips whose dominant pitch class is this (e.g. E).")
 @click.option("--target-chord", help="Score clips against a chord, ROOT:QUALITY (e.g. C:major).")
 @click.option("--tempo", is_flag=True, help="Estimate each clip's tempo.")
-@click.option("--reference", "references", multiple=True, type=click.Path(),
+@click.option("--reference", "references", multiple=True, type=input_type(),
               help="Reference WAVs (e.g. unsteered) for the Frechet distance on the model's EnCodec embeddings.")
 @model_options(help="Model whose audio encoder embeds clips (needed with --reference).")
 @backend_option
@@ -120,14 +171,16 @@ def evaluate(files, target_note, target_chord, tempo, references, model_name, de
 
     if not (target_note or target_chord or tempo or references):
         raise PolysteerError("nothing to measure: give --target-note, --target-chord, --tempo or --reference")
+    judges = {"note-accuracy": target_note and NoteAccuracy(target_note),
+              "chord-accuracy": target_chord and ChordAccuracy(target_chord), "tempo": tempo and TempoEstimate()}
+    for path in (*files, *references) if references else ():  # a bad clip fails before the model loads
+        read_audio(path)
     model, rate = _embedding_model(model_name, backend, device, dtype) if references else (None, None)
     clips = [read_audio(path, rate) for path in files]
     rate = rate or clips[0][1]
     if any(r != rate for _, r in clips):
         raise PolysteerError("clips have different sample rates; pass --model to resample them to its rate")
     audio = [a for a, _ in clips]
-    judges = {"note-accuracy": target_note and NoteAccuracy(target_note),
-              "chord-accuracy": target_chord and ChordAccuracy(target_chord), "tempo": tempo and TempoEstimate()}
     scores = {name: judge.evaluate(audio, rate) for name, judge in judges.items() if judge}
     if references:
         from polysteer.modalities.music.evaluators import FrechetAudioDistance

@@ -21,16 +21,17 @@ _LABELS = {0: 0, 1: 1, "negative": 0, "positive": 1}  # True and False hash as 1
 
 def read_texts(path: str | Path) -> tuple[list[str], list[int] | None]:
     """Texts and 0/1 labels of a ``.jsonl`` file, or the lines of a plain text file (labels None)."""
-    if Path(path).suffix != ".jsonl":
-        return read_lines(path), None
+    if Path(path).suffix.lower() != ".jsonl":
+        return read_lines(path, "texts"), None
     texts, labels = [], []
     for number, row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str) or not text.strip():
             raise PolysteerError(f"{path}:{number}: expected {{\"text\": \"non-empty\", \"label\": 0 or 1}}")
-        if row.get("label") not in _LABELS or isinstance(row.get("label"), float):
-            raise PolysteerError(f"{path}:{number}: label must be 0 or 1, got {row.get('label')!r}")
-        texts.append(row["text"])
-        labels.append(_LABELS[row["label"]])
+        if not isinstance(label, (int, str)) or label not in _LABELS:  # type first: a list is unhashable
+            raise PolysteerError(f"{path}:{number}: label must be 0 or 1, got {label!r:.60}")
+        texts.append(text)
+        labels.append(_LABELS[label])
     if not texts:
         raise PolysteerError(f"{path} has no rows; write one JSON object per line")
     return texts, labels

@@ -10,7 +10,20 @@ import click
 
 from polysteer.errors import PolysteerError
 from polysteer.io import write_text_atomic
-from polysteer.options import combine, direction_option, layers_option, model_options, resolve_layers
+from polysteer.option_types import FINITE_FLOAT, POSITIVE_INT, PROBABILITY, CheckedChoice, input_type
+from polysteer.options import (
+    combine,
+    direction_option,
+    finder_option,
+    layers_option,
+    max_new_tokens_option,
+    model_options,
+    operator_option,
+    output_option,
+    resolve_layers,
+    seed_option,
+    site_option,
+)
 
 vlm_model_options = model_options(required=True,
                                   help="HF model path or id, or 'tiny-llava' / 'tiny-idefics3' (random, offline).")
@@ -21,10 +34,17 @@ prompt_option = click.option("--prompt", default=None,
 steer_options = combine(
     direction_option(with_coef=False, coef_hint="set the strengths with --alpha-text and --alpha-vision",
                      help="Direction file (VTI or another vision_language direction)."),
-    click.option("--alpha-vision", type=float, help="Visual-direction strength (default: the file's)."),
-    click.option("--alpha-text", type=float, help="Text-direction strength or coefficient (default: the file's)."),
+    click.option("--alpha-vision", type=FINITE_FLOAT, help="Visual-direction strength (default: the file's)."),
+    click.option("--alpha-text", type=FINITE_FLOAT,
+                 help="Text-direction strength or coefficient (default: the file's)."),
     click.option("--force", is_flag=True, help="Use a direction made for another model configuration."),
 )
+
+
+def _check_steering(direction, alpha_vision, alpha_text) -> None:
+    """Strengths steer a direction: without -d they would be ignored."""
+    if direction is None and (alpha_vision is not None or alpha_text is not None):
+        raise PolysteerError("--alpha-vision and --alpha-text set a direction's strengths: give -d FILE too")
 
 
 @click.group()
@@ -35,27 +55,30 @@ def vlm():
 @vlm.command(name="find-vti")
 @vlm_model_options
 @demos_option
-@click.option("--trials", default=50, show_default=True, help="Masked copies per demo image.")
-@click.option("--mask-ratio", default=0.99, show_default=True, help="Fraction of patches masked per copy.")
-@click.option("--alpha-vision", default=0.9, show_default=True)
-@click.option("--alpha-text", default=0.9, show_default=True)
+@click.option("--trials", default=50, show_default=True, type=POSITIVE_INT, help="Masked copies per demo image.")
+@click.option("--mask-ratio", default=0.99, show_default=True, type=PROBABILITY,
+              help="Fraction of patches masked per copy.")
+@click.option("--alpha-vision", default=0.9, show_default=True, type=FINITE_FLOAT)
+@click.option("--alpha-text", default=0.9, show_default=True, type=FINITE_FLOAT)
 @layers_option("--vision-layers", help="Vision-tower blocks (default: all).")
 @layers_option("--text-layers", help="Text-tower blocks (default: all).")
 @prompt_option
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="Direction file to write (.safetensors).")
+@click.option("--batch-size", default=8, show_default=True, type=POSITIVE_INT)
+@seed_option()
+@output_option(help="Direction file to write (.safetensors).")
 def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha_vision, alpha_text, vision_layers,
                      text_layers, prompt, batch_size, seed, output):
     """Find VTI's visual and textual directions from demo images with clean and hallucinated captions."""
-    from polysteer.modalities.vision_language.dataset import load_samples
+    from polysteer.modalities.vision_language.dataset import demo_pairs, load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.modality import VisionLanguageModality
     from polysteer.modalities.vision_language.workflow import find_vti, load_vlm
 
+    samples = load_samples(demos)
+    demo_pairs(samples)  # VTI needs both captions: fail now rather than after the model loads
     model, processor = load_vlm(model_name, device, dtype)
     modality = VisionLanguageModality()
-    direction = find_vti(model, processor, load_samples(demos),
+    direction = find_vti(model, processor, samples,
                          resolve_layers(vision_layers, modality.n_layers(model, "vision")),
                          resolve_layers(text_layers, modality.n_layers(model, "text")), trials, mask_ratio,
                          alpha_vision, alpha_text, prompt or DESCRIBE_PROMPT, batch_size, seed)
@@ -67,23 +90,24 @@ def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha
 @vlm.command(name="find")
 @vlm_model_options
 @demos_option
-@click.option("--finder", default="diffmean", show_default=True, help="Registered direction-finder name.")
+@finder_option()
 @layers_option(help="Text-tower blocks (default: all).")
-@click.option("--site", default="resid_post", show_default=True)
-@click.option("--operator", default="add", show_default=True, help="Operator stored as the file's default.")
+@site_option()
+@operator_option("add", help="Operator stored as the file's default.")
 @prompt_option
-@click.option("-o", "--output", required=True, type=click.Path())
+@output_option(help="Direction file to write (.safetensors).")
 def find_command(model_name, device, dtype, demos, finder, layers, site, operator, prompt, output):
     """Fit any finder (DiffMean, RFM, ...) on clean vs hallucinated captions of the demo images."""
-    from polysteer.modalities.vision_language.dataset import load_samples
+    from polysteer.modalities.vision_language.dataset import demo_pairs, load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.modality import VisionLanguageModality
     from polysteer.modalities.vision_language.workflow import caption_direction, load_vlm
 
+    samples = load_samples(demos)
+    demo_pairs(samples)
     model, processor = load_vlm(model_name, device, dtype)
     chosen = resolve_layers(layers, VisionLanguageModality().n_layers(model, "text"))
-    direction = caption_direction(model, processor, load_samples(demos), finder, chosen, site,
-                                  prompt=prompt or DESCRIBE_PROMPT)
+    direction = caption_direction(model, processor, samples, finder, chosen, site, prompt=prompt or DESCRIBE_PROMPT)
     direction.operator = operator
     direction.provenance["demos"] = demos
     direction.save(output)
@@ -91,47 +115,48 @@ def find_command(model_name, device, dtype, demos, finder, layers, site, operato
 
 
 @vlm.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=input_type())
 @vlm_model_options
 @steer_options
 @prompt_option
-@click.option("--max-new-tokens", default=64, show_default=True)
+@max_new_tokens_option(64, help="Caption length.")
 def describe(images, model_name, device, dtype, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens):
     """Caption IMAGES, steered by --direction when given."""
-    from polysteer.modalities.vision_language.dataset import Sample
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.generation import describe as run_describe
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
+    _check_steering(direction, alpha_vision, alpha_text)
+    pictures = [_open_image(path) for path in images]
     model, processor = load_vlm(model_name, device, dtype)
     plan = direction_plan(model, direction, alpha_vision, alpha_text, force) if direction else None
-    pictures = [Sample(path).load_image() for path in images]
     for path, caption in zip(images, run_describe(model, processor, pictures, prompt or DESCRIBE_PROMPT, plan=plan,
                                                   max_new_tokens=max_new_tokens)):
         click.echo(f"{path}: {caption}")
 
 
 @vlm.command(name="eval")
-@click.option("--metric", type=click.Choice(["chair", "pope"]), required=True)
+@click.option("--metric", type=CheckedChoice(["chair", "pope"]), required=True)
 @vlm_model_options
 @click.option("--data", default="scenes:32:1", show_default=True,
               help="'scenes:N[:SEED]' or JSONL rows {image, objects}.")
-@click.option("--coco-annotations", type=click.Path(), help="COCO instances JSON (instead of --data).")
-@click.option("--coco-images", type=click.Path(), help="Folder of the COCO images.")
-@click.option("--n", "n_images", type=int, help="Use this many images (COCO: sampled with --seed).")
+@click.option("--coco-annotations", type=input_type(), help="COCO instances JSON (instead of --data).")
+@click.option("--coco-images", type=input_type("dir"), help="Folder of the COCO images.")
+@click.option("--n", "n_images", type=POSITIVE_INT, help="Use this many images (COCO: sampled with --seed).")
 @steer_options
-@click.option("--split", type=click.Choice(["random", "popular", "adversarial"]), default="adversarial",
+@click.option("--split", type=CheckedChoice(["random", "popular", "adversarial"]), default="adversarial",
               show_default=True, help="POPE negative sampling.")
-@click.option("--vocabulary", type=click.Choice(["coco", "scenes"]), help="CHAIR objects (default: by data).")
+@click.option("--vocabulary", type=CheckedChoice(["coco", "scenes"]), help="CHAIR objects (default: by data).")
 @prompt_option
-@click.option("--max-new-tokens", default=64, show_default=True, help="Caption length (POPE answers use 4).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("-o", "--output", type=click.Path(), help="Write the results (and captions/answers) as JSON.")
+@max_new_tokens_option(64, help="Caption length (POPE answers use 4).")
+@seed_option()
+@output_option(required=False, help="Write the results (and captions/answers) as JSON.")
 def eval_command(metric, model_name, device, dtype, data, coco_annotations, coco_images, n_images, direction,
                  alpha_vision, alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
     """CHAIR or POPE on a dataset, unsteered and (with -d) steered too."""
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
+    _check_steering(direction, alpha_vision, alpha_text)
     samples, default_vocabulary = _eval_samples(data, coco_annotations, coco_images, n_images, seed)
     model, processor = load_vlm(model_name, device, dtype)
     plans = {"unsteered": None}
@@ -148,13 +173,27 @@ def eval_command(metric, model_name, device, dtype, data, coco_annotations, coco
         _write_json(Path(output), results)
 
 
+def _open_image(path: str):
+    """An image file as RGB, or a one-line error naming it."""
+    from PIL import UnidentifiedImageError
+
+    from polysteer.modalities.vision_language.dataset import Sample
+
+    try:
+        return Sample(path).load_image()
+    except UnidentifiedImageError:
+        raise PolysteerError(f"cannot read {path}: not an image format PIL can open") from None
+    except OSError as exc:
+        raise PolysteerError(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
 def _eval_samples(data, annotations, images, n, seed):
     from polysteer.modalities.vision_language.coco import read_coco
     from polysteer.modalities.vision_language.dataset import Sample, load_samples
 
+    if bool(annotations) != bool(images):
+        raise PolysteerError("--coco-annotations and --coco-images go together (the instances JSON and its images)")
     if annotations:
-        if not images:
-            raise PolysteerError("--coco-annotations needs --coco-images (the folder of the images)")
         return [Sample(r["image"], r["objects"]) for r in read_coco(annotations, images, n, seed)], "coco"
     samples = load_samples(data)
     return samples[:n] if n else samples, "scenes" if data.startswith("scenes:") else "coco"

@@ -6,11 +6,11 @@ category, so "a man riding a motorbike" mentions ``person`` and ``motorcycle``.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
+from polysteer.data import read_json
 from polysteer.errors import PolysteerError
 
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -63,18 +63,27 @@ def read_coco(annotations: str | Path, images: str | Path, n: int | None = None,
     path = Path(annotations)
     if not path.is_file():
         raise PolysteerError(f"COCO annotations {path} do not exist; pass instances_val2014.json")
+    data = read_json(path, "COCO annotations", "an instances_*.json file from cocodataset.org")
+    if not isinstance(data, dict):
+        raise PolysteerError(f"{path} is not a COCO instances file: expected a JSON object with 'images', "
+                             f"'annotations' and 'categories', got a {type(data).__name__}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PolysteerError(f"{path} is not valid JSON ({exc.msg})") from None
-    names = {c["id"]: c["name"] for c in data.get("categories", [])}
-    objects: dict[int, set[str]] = defaultdict(set)
-    for ann in data.get("annotations", []):
-        objects[ann["image_id"]].add(names[ann["category_id"]])
-    rows = [{"image": str(Path(images) / img["file_name"]), "objects": sorted(objects[img["id"]])}
-            for img in data.get("images", []) if objects[img["id"]]]
+        rows = _image_rows(data, Path(images))
+    except (AttributeError, KeyError, TypeError) as exc:  # any shape other than COCO's
+        raise PolysteerError(f"{path} is not a COCO instances file ({type(exc).__name__} {exc}); "
+                             "pass instances_val2014.json") from None
     if not rows:
         raise PolysteerError(f"{path} has no annotated images; is it an instances_*.json file?")
     if n is not None and n < len(rows):
         rows = random.Random(seed).sample(rows, n)
     return rows
+
+
+def _image_rows(data: dict, images: Path) -> list[dict]:
+    """``{"image", "objects"}`` for each annotated image of a COCO instances dict."""
+    names = {c["id"]: str(c["name"]) for c in data.get("categories", [])}
+    objects: dict[int, set[str]] = defaultdict(set)
+    for ann in data.get("annotations", []):
+        objects[ann["image_id"]].add(names[ann["category_id"]])
+    return [{"image": str(images / str(img["file_name"])), "objects": sorted(objects[img["id"]])}
+            for img in data.get("images", []) if objects[img["id"]]]

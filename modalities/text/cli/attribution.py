@@ -14,7 +14,8 @@ from polysteer.io import write_text_atomic
 from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.presets import EVAL_PROMPTS
-from polysteer.options import direction_option, layers_option
+from polysteer.option_types import POSITIVE_INT, input_type, words_type
+from polysteer.options import direction_option, layers_option, output_option, site_option
 
 
 def attribution_points(model, tokenizer, direction, prompts: Sequence[str], keywords: Sequence[str] | None,
@@ -47,11 +48,9 @@ def _layer_rows(model, tokenizer, prompts, keywords, points, direction) -> list[
             for hp in order]
 
 
-def _feature_rows(model, tokenizer, prompts, keywords, sae_path, top) -> tuple[str, list[dict]]:
+def _feature_rows(model, tokenizer, prompts, keywords, sae, top) -> tuple[str, list[dict]]:
     from polysteer.modalities.text.attribution import feature_attribution
-    from polysteer.plugins.sae.model import SAE
 
-    sae = SAE.load(sae_path)
     hp = sae.hook_point
     result = feature_attribution(model, tokenizer, prompts, keywords, hp, sae)
     return hp, [{"feature": j, "attribution": a, "effect": float(result.effect[j])} for j, a in result.top(top)]
@@ -59,32 +58,34 @@ def _feature_rows(model, tokenizer, prompts, keywords, sae_path, top) -> tuple[s
 
 @click.command()
 @text_model_options
-@click.option("--keywords", required=True, help="Comma-separated concept keywords (their tokens are scored).")
-@click.option("--prompts-file", type=click.Path(), help="One prompt per line (default: 20 built-in neutral prompts).")
+@click.option("--keywords", required=True, type=words_type,
+              help="Comma-separated concept keywords (their tokens are scored).")
+@click.option("--prompts-file", type=input_type(), help="One prompt per line (default: 20 built-in neutral prompts).")
 @layers_option(default="all", help="With -d: 'all' means the file's layers.")
-@click.option("--site", default="resid_post", show_default=True)
+@site_option()
 @direction_option(with_coef=False, coef_hint="attribution ranks at coefficient 1",
                   help="Rank by the effect of steering with this direction file.")
-@click.option("--sae", "sae_path", type=click.Path(), help="Also rank this SAE's features.")
-@click.option("-n", "--top", default=10, show_default=True, help="Features to list.")
-@click.option("-o", "--output", type=click.Path(), help="Write the rankings as JSON.")
+@click.option("--sae", "sae_path", type=input_type("any"), help="Also rank this SAE's features.")
+@click.option("-n", "--top", default=10, show_default=True, type=POSITIVE_INT, help="Features to list.")
+@output_option(required=False, help="Write the rankings as JSON.")
 def attribute(model_name, device, dtype, keywords, prompts_file, layers, site, direction, sae_path, top, output):
     """Rank layers (and SAE features) by gradient x activation of the concept tokens' log-probability."""
     from polysteer.direction import Direction
     from polysteer.modalities.text.models import load_text_model
+    from polysteer.plugins.sae.model import SAE
 
-    model, tokenizer = load_text_model(model_name, device, dtype)
-    prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
-    words = [k.strip() for k in keywords.split(",") if k.strip()]
+    prompts = read_lines(prompts_file, "prompts") if prompts_file else list(EVAL_PROMPTS)
     direction = Direction.load(direction) if direction else None
+    sae = SAE.load(sae_path) if sae_path else None
+    model, tokenizer = load_text_model(model_name, device, dtype)
     points = list(direction.hook_points) if direction and layers == "all" else [
         hook_point(i, site) for i in parse_layers(layers, TextModality().n_layers(model))]
-    report = {"layers": _layer_rows(model, tokenizer, prompts, words, points, direction)}
+    report = {"layers": _layer_rows(model, tokenizer, prompts, keywords, points, direction)}
     click.echo("hook point                      grad.act" + ("    grad.v" if direction else ""))
     for row in report["layers"]:
         click.echo(f"{row['hook_point']:30s} {row['act']:+9.4f}" + (f" {row['along']:+9.4f}" if "along" in row else ""))
-    if sae_path:
-        hp, report["features"] = _feature_rows(model, tokenizer, prompts, words, sae_path, top)
+    if sae is not None:
+        hp, report["features"] = _feature_rows(model, tokenizer, prompts, keywords, sae, top)
         click.echo(f"top SAE features at {hp} (attribution, steering effect):")
         for row in report["features"]:
             click.echo(f"  {row['feature']:6d} {row['attribution']:+.4f} {row['effect']:+.4f}")

@@ -9,7 +9,8 @@ import click
 from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import EVAL_PROMPTS, PERSONAS
-from polysteer.options import coef_option
+from polysteer.option_types import NONNEGATIVE_INT, CheckedChoice, CheckedInt
+from polysteer.options import coef_option, max_new_tokens_option, output_option
 
 DEFAULT_CONCEPT = "ocean"
 DEFAULT_COEF = 4.0
@@ -21,12 +22,13 @@ def _say(message: str, start: float) -> None:
 
 @click.command()
 @text_model_options
-@click.option("--concept", type=click.Choice(sorted(PERSONAS)), default=DEFAULT_CONCEPT, show_default=True)
-@click.option("--layer", type=int, help="Block to steer (default: 40% of the depth, 12 on SmolLM2).")
+@click.option("--concept", type=CheckedChoice(sorted(PERSONAS)), default=DEFAULT_CONCEPT, show_default=True)
+@click.option("--layer", type=NONNEGATIVE_INT, help="Block to steer (default: 40% of the depth, 12 on SmolLM2).")
 @coef_option(DEFAULT_COEF, help="In units of the distance between the two classes' mean activations.")
-@click.option("--prompts", "n_prompts", default=6, show_default=True, help="How many neutral prompts to show.")
-@click.option("--max-new-tokens", default=40, show_default=True)
-@click.option("-o", "--output", type=click.Path(), help="Also save the direction here.")
+@click.option("--prompts", "n_prompts", default=6, show_default=True, type=CheckedInt(1, len(EVAL_PROMPTS)),
+              help="How many neutral prompts to show.")
+@max_new_tokens_option(40)
+@output_option(required=False, help="Also save the direction here (.safetensors).")
 def demo(model_name, device, dtype, concept, layer, coef, n_prompts, max_new_tokens, output):
     """Find a concept direction from a persona pair and show unsteered vs steered generations."""
     from polysteer.modalities.text.modality import TextModality

@@ -11,11 +11,13 @@ import click
 
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
+from polysteer.hookpoints import HookPoint
 from polysteer.io import write_text_atomic
 from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.detect import read_texts, score_texts, text_activations
 from polysteer.modalities.text.modality import TextModality
-from polysteer.options import direction_option
+from polysteer.option_types import FINITE_FLOAT, NONNEGATIVE_INT, CheckedChoice, Parsed, input_type
+from polysteer.options import direction_option, finder_option, output_option
 from polysteer.plugins.detection import (
     DetectionMetrics,
     DirectionDetector,
@@ -39,35 +41,64 @@ def _parse_params(pairs: Sequence[str]) -> dict:
     return params
 
 
-def _direction_detector(model, path: str, hook_point: str | None):
+def _direction_detector(path: str, hook_point: str | None):
+    """Read the direction now; the returned function checks it against the model and builds the detector."""
     direction = Direction.load(path)
     hp = hook_point or direction.hook_points[0]
     if hp not in direction.vectors:
         raise PolysteerError(f"{path} has no vector at {hp}; it has {', '.join(direction.hook_points)}")
-    direction.check_model(TextModality().identity(model), TextModality().d_model(model, hp), force=True)
-    return DirectionDetector(direction.vectors[hp]), hp, None, {"kind": "direction", "file": str(path)}
+
+    def build(model, tokenizer):
+        direction.check_model(TextModality().identity(model), TextModality().d_model(model, hp), force=True)
+        return DirectionDetector(direction.vectors[hp]), hp, None, {"kind": "direction", "file": str(path)}
+
+    return build
 
 
 def _feature_detector(feature: int, sae_path: str | None):
+    """Load the SAE now; the detector needs no model."""
     from polysteer.modalities.text.sae.workflow import SHIPPED_SAE  # imports the SAE trainer: only when needed
 
     path = Path(sae_path) if sae_path else SHIPPED_SAE
     sae = SAE.load(path)
-    hp = sae.hook_point
-    detector = FeatureDetector(sae, feature)
-    return detector, hp, sae.metadata.get("max_norm"), {"kind": "sae-feature", "feature": feature, "sae": str(path)}
+    about = {"kind": "sae-feature", "feature": feature, "sae": str(path)}
+    result = FeatureDetector(sae, feature), sae.hook_point, sae.metadata.get("max_norm"), about
+    return lambda model, tokenizer: result
 
 
-def _finder_detector(model, tokenizer, finder: str, train: str, hook_point: str | None, params: dict):
+def _finder_detector(finder: str, train_path: str, hook_point: str | None, params: list[str]):
+    """Read the labelled --train texts now; the returned function fits the probe on the model's activations."""
     from polysteer.modalities.text.workflow import default_layer
 
-    texts, labels = read_texts(train)
+    texts, labels = read_texts(train_path)
     if labels is None:
-        raise PolysteerError(f"--train {train} must be labelled JSONL rows {{\"text\": ..., \"label\": 0|1}}")
-    hp = hook_point or f"text.blocks.{default_layer(TextModality().n_layers(model))}.resid_post"
-    pooled = text_activations(model, tokenizer, texts, hp).pool(pooling="mean")
-    detector = FinderDetector.fit(finder, pooled, labels, **params)
-    return detector, hp, None, {"kind": "finder", "finder": finder, "train": str(train), "params": params}
+        raise PolysteerError(f"--train {train_path} must be labelled JSONL rows {{\"text\": ..., \"label\": 0|1}}")
+    kwargs = _parse_params(params)
+
+    def build(model, tokenizer):
+        hp = hook_point or f"text.blocks.{default_layer(TextModality().n_layers(model))}.resid_post"
+        pooled = text_activations(model, tokenizer, texts, hp).pool(pooling="mean")
+        detector = FinderDetector.fit(finder, pooled, labels, **kwargs)
+        return detector, hp, None, {"kind": "finder", "finder": finder, "train": str(train_path), "params": kwargs}
+
+    return build
+
+
+def _check_detector_options(direction, feature, finder, train_path, params) -> None:
+    """One detector, and no option that the chosen one would ignore."""
+    if sum(x is not None for x in (direction, feature, finder)) != 1:
+        raise PolysteerError("give exactly one of --direction FILE, --feature N or --finder NAME (with --train)")
+    if bool(finder) != bool(train_path):
+        raise PolysteerError("--finder and --train go together: the probe is fitted on the --train texts")
+    if params and not finder:
+        raise PolysteerError("-p/--param sets --finder parameters; give --finder NAME --train FILE too")
+
+
+def _check_hook_point(text: str, option: str) -> str:
+    try:
+        return str(HookPoint.parse(text))
+    except PolysteerError as exc:
+        raise PolysteerError(f"{option}: {exc}") from None
 
 
 def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[str]:
@@ -82,37 +113,35 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
 
 @click.command()
 @text_model_options
-@click.option("--texts", "texts_path", required=True, type=click.Path(),
+@click.option("--texts", "texts_path", required=True, type=input_type(),
               help="JSONL of {\"text\", \"label\": 0|1} rows (AUROC/F1), or plain text, one passage a line (scores).")
 @direction_option(with_coef=False, coef_hint="detection reads the direction, not its strength",
                   help="Detect with a direction file's projection.")
-@click.option("--feature", type=int, help="Detect with an SAE latent (with --sae).")
-@click.option("--sae", "sae_path", type=click.Path(), help="SAE folder for --feature (default: the shipped one).")
-@click.option("--finder", help="Fit this registered finder as a probe (diffmean, probe, rfm, ...) on --train.")
-@click.option("--train", "train_path", type=click.Path(), help="Labelled JSONL to fit --finder on.")
+@click.option("--feature", type=NONNEGATIVE_INT, help="Detect with an SAE latent (with --sae).")
+@click.option("--sae", "sae_path", type=input_type("any"), help="SAE for --feature (default: the shipped one).")
+@finder_option(None, help="Fit this registered finder as a probe (diffmean, probe, rfm, ...) on --train.")
+@click.option("--train", "train_path", type=input_type(), help="Labelled JSONL to fit --finder on.")
 @click.option("-p", "--param", "params", multiple=True, help="Finder parameter KEY=VALUE (repeatable).")
-@click.option("--hook-point", help="Where to read (default: the direction's first, the SAE's, or 40% depth).")
-@click.option("--pooling", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
-@click.option("--threshold", type=float, help="Call a text positive at score >= this (default: best F1, reported).")
-@click.option("-o", "--output", type=click.Path(), help="Write per-text scores and metrics as JSON (atomically).")
+@click.option("--hook-point", type=Parsed("hook point", _check_hook_point), metavar="TOWER.blocks.I.SITE",
+              help="Where to read (default: the direction's first, the SAE's, or 40% depth).")
+@click.option("--pooling", type=CheckedChoice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--threshold", type=FINITE_FLOAT, help="Call a text positive at score >= this (default: best F1).")
+@output_option(required=False, help="Write per-text scores and metrics as JSON.")
 def detect(model_name, device, dtype, texts_path, direction, feature, sae_path, finder, train_path, params, hook_point,
            pooling, threshold, output):
     """Score texts with a direction, a probe or an SAE feature; AUROC and F1 on labelled texts."""
     from polysteer.modalities.text.models import load_text_model
 
-    if sum(x is not None for x in (direction, feature, finder)) != 1:
-        raise PolysteerError("give exactly one of --direction FILE, --feature N or --finder NAME (with --train)")
-    if bool(finder) != bool(train_path):
-        raise PolysteerError("--finder and --train go together: the probe is fitted on the --train texts")
+    _check_detector_options(direction, feature, finder, train_path, params)
     texts, labels = read_texts(texts_path)
-    model, tokenizer = load_text_model(model_name, device, dtype)
     if direction:
-        detector, hp, max_norm, about = _direction_detector(model, direction, hook_point)
+        build = _direction_detector(direction, hook_point)
     elif feature is not None:
-        detector, hp, max_norm, about = _feature_detector(feature, sae_path)
+        build = _feature_detector(feature, sae_path)
     else:
-        detector, hp, max_norm, about = _finder_detector(model, tokenizer, finder, train_path, hook_point,
-                                                         _parse_params(params))
+        build = _finder_detector(finder, train_path, hook_point, params)
+    model, tokenizer = load_text_model(model_name, device, dtype)
+    detector, hp, max_norm, about = build(model, tokenizer)
     scores = score_texts(model, tokenizer, texts, detector, hp, pooling, max_norm).tolist()
     metrics = detection_metrics(scores, labels, threshold) if labels is not None else None
     for line in _report(texts, scores, metrics, threshold):

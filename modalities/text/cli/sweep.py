@@ -18,40 +18,44 @@ from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import EVAL_PROMPTS
 from polysteer.modalities.text.sweep import markdown_table, plot, score_rows, summarize, sweep_direction
-from polysteer.options import coefs_option, direction_option, layers_option
+from polysteer.option_types import POSITIVE_INT, CheckedChoice, input_type, words_type
+from polysteer.options import coefs_option, direction_option, layers_option, max_new_tokens_option, output_option
 
 
 @click.command()
 @text_model_options
 @direction_option(required=True, with_coef=False, coef_hint="sweep coefficients with --coefs",
                   help="Direction file to sweep.")
-@click.option("--prompts-file", type=click.Path(), help="One prompt per line (default: 20 built-in neutral prompts).")
+@click.option("--prompts-file", type=input_type(),
+              help="One prompt per line (default: 20 built-in neutral prompts).")
 @coefs_option()
 @layers_option(help="Which of the file's layers to sweep (default: all of them).")
 @click.option("--concept", help="Concept description for the MiniLM similarity judge.")
-@click.option("--keywords", help="Comma-separated concept keywords.")
-@click.option("--max-new-tokens", default=48, show_default=True)
-@click.option("--rank-layers", type=click.Choice(["none", "attribution"]), default="none", show_default=True,
+@click.option("--keywords", type=words_type, help="Comma-separated concept keywords.")
+@max_new_tokens_option(48)
+@click.option("--rank-layers", type=CheckedChoice(["none", "attribution"]), default="none", show_default=True,
               help="attribution: rank the file's layers by gradient attribution of --keywords, sweep the best.")
-@click.option("--top-layers", default=1, show_default=True, help="With --rank-layers: how many layers to sweep.")
-@click.option("--force", is_flag=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="Folder for sweep.md, sweep.json, sweep.png.")
+@click.option("--top-layers", default=1, show_default=True, type=POSITIVE_INT,
+              help="With --rank-layers: how many layers to sweep.")
+@click.option("--force", is_flag=True, help="Use a direction made for another model configuration.")
+@output_option("dir", help="Folder for sweep.md, sweep.json and sweep.png.")
 def sweep(model_name, device, dtype, direction, prompts_file, coefs, layers, concept, keywords, max_new_tokens,
           rank_layers, top_layers, force, output):
     """Sweep coefficients x layers; write a table and a concept-vs-fluency plot."""
     if not concept and not keywords:
         raise PolysteerError("give --concept DESCRIPTION and/or --keywords a,b,c to score the concept")
-    model, tokenizer = load_text_model(model_name, device, dtype)
+    if rank_layers == "attribution" and not keywords:
+        raise PolysteerError("--rank-layers attribution scores concept tokens: give --keywords a,b,c")
+    prompts = read_lines(prompts_file, "prompts") if prompts_file else list(EVAL_PROMPTS)
     direction = Direction.load(direction)
+    points = _chosen_points(direction.hook_points, layers)
+    model, tokenizer = load_text_model(model_name, device, dtype)
     modality = TextModality()
     direction.check_model(modality.identity(model), modality.d_model(model, direction.hook_points[0]), force)
-    points = _chosen_points(direction.hook_points, layers)
-    prompts = read_lines(prompts_file) if prompts_file else list(EVAL_PROMPTS)
     if rank_layers == "attribution":
-        points = attribution_points(model, tokenizer, direction, prompts, keywords and keywords.split(","), points,
-                                    top_layers)
+        points = attribution_points(model, tokenizer, direction, prompts, keywords, points, top_layers)
     rows = sweep_direction(model, tokenizer, direction, prompts, coefs, points, max_new_tokens)
-    table = summarize(score_rows(rows, model, tokenizer, concept, keywords.split(",") if keywords else None))
+    table = summarize(score_rows(rows, model, tokenizer, concept, keywords))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.json", json.dumps(rows, indent=1))

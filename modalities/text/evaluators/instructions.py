@@ -132,7 +132,7 @@ def read_instructions(path: str | Path) -> InstructionData:
         if not isinstance(spec, dict) or not _strings(spec.get("wordings")):
             raise PolysteerError(f"{path}: instruction {name!r} needs 'wordings', a non-empty list of strings")
         kind = spec.get("check", name)
-        if kind not in CHECKS:
+        if not isinstance(kind, str) or kind not in CHECKS:  # a list would be unhashable
             raise PolysteerError(f"{path}: instruction {name!r} has check {kind!r}; available: {', '.join(CHECKS)}")
         instructions[name] = Instruction(name, kind, tuple(w.strip() for w in spec["wordings"]))
     return InstructionData(tuple(c.strip() for c in data["contents"]), instructions)
