@@ -98,6 +98,10 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except click.UsageError as exc:  # a missing or unknown option: one line that names the --help to read
+        command = exc.ctx.command_path if exc.ctx is not None else "polysteer"
+        click.echo(f"Error: {exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

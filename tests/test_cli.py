@@ -218,3 +218,12 @@ def test_convert_to_gguf_and_back(model_dir, data_file, tmp_path, invoke):
     hp = "text.blocks.2.resid_post"
     assert torch.allclose(back.vectors[hp] * back.scales[hp], original.vectors[hp] * original.scales[hp] * 3, atol=1e-5)
     assert back.model["config_hash"] == original.model["config_hash"]
+
+
+def test_click_usage_errors_are_one_line_too(capsys):
+    for argv in (["find", "--nope"], ["sweep"], ["no-such-command"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.startswith("Error:") and len(err.strip().splitlines()) == 1, err
+        assert "--help" in err
