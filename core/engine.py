@@ -18,6 +18,7 @@ import torch
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
 from polysteer.hooks import SteeringContext, activate
+from polysteer.hooks import attach as _attach
 from polysteer.modality import Modality, StepTracker, modality_for
 from polysteer.operator import Operator
 from polysteer.schedule import Schedule, parse_schedule
@@ -220,6 +221,39 @@ def steer(model: Any, plan: "Plan | Intervention | Sequence[Intervention]", moda
     tracker = mod.tracker(model)
     with activate(SteeringContext(tracker, _apply, _compile(model, as_plan(plan), mod))):
         yield tracker
+
+
+class Attachment:
+    """A plan attached by :func:`attach`; ``remove()`` (idempotent) detaches it and drops unused hooks."""
+
+    def __init__(self, tracker: StepTracker, detach) -> None:
+        self.tracker = tracker
+        self._detach = detach
+
+    def remove(self) -> None:
+        self._detach()
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def attach(model: Any, plan: "Plan | Intervention | Sequence[Intervention]",
+           modality: str | Modality | None = None) -> Attachment:
+    """Steer ``model`` with ``plan`` until ``handle.remove()``: the notebook form of :func:`steer`.
+
+    The plan applies to forward passes run in the calling thread (as a ``steer`` block's does), across notebook
+    cells, and composes with ``steer`` blocks; other threads and tasks in them are unaffected. Everything is checked
+    before any hook is attached, and the hooks go once nothing uses them.
+
+    Returns:
+        An :class:`Attachment`; it is also a context manager that removes itself on exit.
+    """
+    mod = modality if isinstance(modality, Modality) else modality_for(model, modality)
+    tracker = mod.tracker(model)
+    return Attachment(tracker, _attach(SteeringContext(tracker, _apply, _compile(model, as_plan(plan), mod))))
 
 
 def _compile(model, plan: Plan, modality: Modality) -> dict[tuple, list[_Compiled]]:

@@ -5,6 +5,9 @@ last one leaves. The plans themselves live in a :class:`contextvars.ContextVar`:
 active in the thread or task that runs it, and only those. Threads start with no active context (a thread spawned
 inside a ``with steer(...)`` block is unsteered unless it runs in ``contextvars.copy_context()``); an asyncio task
 inherits the contexts active where it was created, as with any context variable.
+
+An attached context (:func:`attach`, for notebooks) lives outside the context variable, which some Jupyter kernels
+reset between cells: it applies to the forward passes of the thread that attached it until it is detached.
 """
 
 from __future__ import annotations
@@ -35,22 +38,23 @@ class SteeringContext:
 _ACTIVE: ContextVar[tuple[SteeringContext, ...]] = ContextVar("polysteer_steering", default=())
 _LOCK = threading.Lock()
 _INSTALLED: dict[tuple[nn.Module, str], list] = {}  # (module, kind) -> [handle, users]
+_ATTACHED: dict[int, tuple[SteeringContext, ...]] = {}  # thread ident -> contexts attached there
 
 
 def active_contexts() -> tuple[SteeringContext, ...]:
     """The steering contexts that apply to forward passes run from here (this thread or task)."""
-    return _ACTIVE.get()
+    return _ATTACHED.get(threading.get_ident(), ()) + _ACTIVE.get()
 
 
 def _track(module, args, kwargs):
-    for ctx in _ACTIVE.get():
+    for ctx in active_contexts():
         if ctx.tracker.root is module:
             ctx.tracker.update(args, kwargs)
 
 
 def _edit(module: nn.Module, kind: str, h: torch.Tensor) -> torch.Tensor | None:
     out = None
-    for ctx in _ACTIVE.get():
+    for ctx in active_contexts():
         compiled = ctx.groups.get((module, kind))
         if compiled:
             new = ctx.apply(compiled, ctx.tracker, h if out is None else out)
@@ -114,3 +118,24 @@ def activate(ctx: SteeringContext) -> Iterator[SteeringContext]:
     finally:
         _ACTIVE.reset(token)
         _release(keys)
+
+
+def attach(ctx: SteeringContext) -> Callable[[], None]:
+    """Make ``ctx`` apply to this thread's forward passes until the returned ``detach()`` is called (idempotent)."""
+    keys = [(ctx.tracker.root, "track"), *ctx.groups]
+    thread = threading.get_ident()
+    _acquire(keys)
+    with _LOCK:
+        _ATTACHED[thread] = _ATTACHED.get(thread, ()) + (ctx,)
+    attached = [True]
+
+    def detach() -> None:
+        with _LOCK:
+            if not attached[0]:
+                return
+            attached[0] = False
+            rest = tuple(c for c in _ATTACHED.get(thread, ()) if c is not ctx)
+            _ATTACHED.pop(thread, None) if not rest else _ATTACHED.__setitem__(thread, rest)
+        _release(keys)
+
+    return detach
