@@ -10,7 +10,7 @@ from polysteer.lazy import lazy_exports
 # Names load on first use (PEP 562): `import polysteer` and `polysteer --help` must not pay for torch.
 _MODULES = {
     ".capture": ("cache_key", "write_safetensors_atomic"),
-    ".data": ("read_contrastive", "read_json", "read_jsonl", "read_lines"),
+    ".data": ("Example", "read_contrastive", "read_json", "read_jsonl", "read_lines"),
     ".device": ("resolve_device", "resolve_dtype"),
     ".direction": ("Direction", "operator_param_key"),
     ".engine": ("Attachment", "Intervention", "Plan", "as_plan", "attach", "stack_plans", "steer"),
@@ -29,9 +29,9 @@ _MODULES = {
 __getattr__, __dir__ = lazy_exports(__name__, {name: module for module, names in _MODULES.items() for name in names})
 
 __all__ = [
-    "Attachment", "Direction", "DirectionFinder", "Evaluator", "HookPoint", "Intervention", "Modality", "ModelFinder",
-    "Operator", "Plan", "PolysteerError", "SITES", "Schedule", "StepState", "StepTracker", "TOWERS", "Target",
-    "as_plan", "atomic_write", "attach", "block_target", "cache_key", "check_inputs", "finish_direction",
+    "Attachment", "Direction", "DirectionFinder", "Evaluator", "Example", "HookPoint", "Intervention", "Modality",
+    "ModelFinder", "Operator", "Plan", "PolysteerError", "SITES", "Schedule", "StepState", "StepTracker", "TOWERS",
+    "Target", "as_plan", "atomic_write", "attach", "block_target", "cache_key", "check_inputs", "finish_direction",
     "fit_layers", "guess_layer_prefix", "hook_point", "hookimpl", "lazy_exports", "make_finder", "modality_for",
     "operator_param_key", "parse_layers", "parse_schedule", "read_contrastive", "read_json", "read_jsonl",
     "read_lines", "registry", "resolve_device", "resolve_dtype", "stack_plans", "steer", "write_json_atomic",

@@ -8,12 +8,25 @@ the wrong shape, and nothing else.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from polysteer.errors import PolysteerError
 
 _LABELS = {"positive": True, "negative": False}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A text to read: ``prompt`` (chat-formatted, not pooled) followed by ``text`` (pooled).
+
+    With an empty ``text`` the last prompt token is pooled (repeng's recipe).
+    """
+
+    text: str
+    prompt: str | None = None
+    system: str | None = None
 
 
 def read_text(path: str | Path, kind: str = "data") -> str:
@@ -98,8 +111,8 @@ def _label(row: dict, where: str) -> bool:
     raise PolysteerError(f"{where}: label must be 1/0 or 'positive'/'negative', got {label!r:.60}")
 
 
-def read_contrastive(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """Read positives and negatives as ``{"text": .., "prompt": ..}`` dicts (prompt may be None).
+def read_contrastive(path: str | Path) -> tuple[list[Example], list[Example]]:
+    """Read positives and negatives as :class:`Example` lists (``prompt`` None where a row has none).
 
     Accepted lines: ``{"positive": .., "negative": .., "prompt"?: ..}`` (a pair sharing the prompt) or
     ``{"text": .., "label": 1|0|"positive"|"negative", "prompt"?: ..}``; texts are non-empty strings.
@@ -109,11 +122,11 @@ def read_contrastive(path: str | Path) -> tuple[list[dict], list[dict]]:
         where = f"{path}:{number}"
         prompt = _prompt(row, where)
         if "positive" in row and "negative" in row:
-            positives.append({"text": _text(row, "positive", where), "prompt": prompt})
-            negatives.append({"text": _text(row, "negative", where), "prompt": prompt})
+            positives.append(Example(_text(row, "positive", where), prompt))
+            negatives.append(Example(_text(row, "negative", where), prompt))
         elif "text" in row and "label" in row:
             target = positives if _label(row, where) else negatives
-            target.append({"text": _text(row, "text", where), "prompt": prompt})
+            target.append(Example(_text(row, "text", where), prompt))
         else:
             raise PolysteerError(f"{where}: expected keys positive+negative or text+label, got {sorted(row)}")
     if not positives or not negatives:

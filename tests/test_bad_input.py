@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny import fuzz_settings
 
-from polysteer import Direction, PolysteerError, read_contrastive, read_json, read_jsonl, read_lines
+from polysteer import Direction, Example, PolysteerError, read_contrastive, read_json, read_jsonl, read_lines
 from polysteer.cli import get_cli, main
 from polysteer.modalities.text.detect import read_texts
 from polysteer.option_types import CheckedInt, check_input_path, check_output_path
@@ -398,4 +398,4 @@ def test_readers_keep_valid_rows(fuzz_folder):
     path = fuzz_folder / "valid.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "a\xe2\x80\xa8b", "label": "positive"}\r\n\n{"text": "c", "label": 0}\n')
     assert read_texts(path) == (["a\u2028b", "c"], [1, 0])  # a BOM, CRLF and a raw U+2028 inside a string
-    assert read_contrastive(path) == ([{"text": "a\u2028b", "prompt": None}], [{"text": "c", "prompt": None}])
+    assert read_contrastive(path) == ([Example("a\u2028b")], [Example("c")])

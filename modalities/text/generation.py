@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from polysteer.capture import cache_key, cached_capture, capture
+from polysteer.data import Example
 from polysteer.engine import Plan, as_plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.modality import TextModality
 
 PERSONA_TEMPLATE = "Act as if you are {persona}."
-
-
-@dataclass(frozen=True)
-class Example:
-    """A text to read: ``prompt`` (chat-formatted, not pooled) followed by ``text`` (pooled).
-
-    With an empty ``text`` the last prompt token is pooled (repeng's recipe).
-    """
-
-    text: str
-    prompt: str | None = None
-    system: str | None = None
 
 
 def format_prompt(tokenizer, prompt: str, system: str | None = None, chat: bool = True) -> str:

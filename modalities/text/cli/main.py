@@ -9,7 +9,7 @@ from polysteer.direction import Direction
 from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.cli import text_model_options
-from polysteer.modalities.text.generation import Example, generate
+from polysteer.modalities.text.generation import generate
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import PERSONAS
@@ -64,7 +64,7 @@ def _examples(data: str | None, persona: str | None, questions: str | None):
     if data:
         if questions:
             raise PolysteerError("--questions goes with --persona: --data already holds both classes")
-        classes = [[Example(r["text"], r["prompt"]) for r in rows] for rows in read_contrastive(data)]
+        classes = list(read_contrastive(data))
         return {"data": str(data)}, lambda model, tokenizer: classes
     pair = _persona_pair(persona, PersonaPair)
     qs = read_lines(questions, "questions") if questions else TRAIN_QUESTIONS

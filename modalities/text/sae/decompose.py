@@ -54,9 +54,7 @@ def token_activations(model, tokenizer, examples: list[Example], hook_point: str
 
 def contrast_from_file(model, tokenizer, sae: SAE, data_path: str | Path, hook_point: str) -> Decomposition:
     """Contrast decomposition on the token activations of a contrastive JSONL file (as ``polysteer find`` reads)."""
-    pos_rows, neg_rows = read_contrastive(data_path)
-    pos = [Example(r["text"], r["prompt"]) for r in pos_rows]
-    neg = [Example(r["text"], r["prompt"]) for r in neg_rows]
+    pos, neg = read_contrastive(data_path)
     return contrast_decomposition(sae, token_activations(model, tokenizer, pos, hook_point),
                                   token_activations(model, tokenizer, neg, hook_point))
 
