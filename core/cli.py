@@ -39,15 +39,18 @@ def plugins():
 @cli.command()
 @click.argument("path", type=click.Path())
 def inspect(path):
-    """Print a direction file's manifest and vector norms."""
+    """Print a direction file's manifest and every tensor it stores (vectors, operator extras, VTI towers)."""
     import json
 
     from polysteer.direction import Direction
 
     direction = Direction.load(path)
     click.echo(json.dumps(direction.manifest(), indent=2))
-    for hp in direction.hook_points:
-        click.echo(f"{hp}: norm {direction.vectors[hp].norm():.4f}")
+    tensors = {**{f"vector {hp}": v for hp, v in direction.vectors.items()},
+               **{f"extra {name}": t for name, t in sorted(direction.extras.items())}}
+    click.echo(f"{len(tensors)} tensors:")
+    for name, t in tensors.items():
+        click.echo(f"  {name}: shape {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} norm {t.float().norm():.4f}")
 
 
 _commands_registered = False

@@ -156,7 +156,8 @@ def test_find_inspect_generate(model_dir, direction_file, invoke):
     assert direction.finder["name"] == "diffmean" and direction.provenance["n_positive"] == 4
 
     manifest = invoke("inspect", direction_file).output
-    assert '"d_model": 32' in manifest and "text.blocks.2.resid_post: norm 1.0000" in manifest
+    assert '"d_model": 32' in manifest and "2 tensors:" in manifest
+    assert "vector text.blocks.2.resid_post: shape (32,) float32 norm 1.0000" in manifest
 
     result = invoke("generate", "--model", model_dir, "-d", f"{direction_file}@8", "--compare", "--max-new-tokens", 6,
                     "tell me about the day")

@@ -133,6 +133,13 @@ def test_vti_file_round_trips_into_a_rotate_plan(llava, demos, vti_file):
     assert torch.equal(base, logits(model, processor, images, vti_plan(direction, 0.0, 0.0)))
 
 
+def test_inspect_shows_the_vision_tower_tensors_too(vti_file, invoke):
+    out = invoke("inspect", vti_file).output
+    assert "6 tensors:" in out
+    assert "vector text.blocks.0.mlp_out: shape (48,) float32 norm 1.0000" in out
+    assert "extra vision.blocks.2.mlp_out: shape (17, 32)" in out
+
+
 def test_direction_for_another_model_is_refused(vti_file):
     other, _ = tiny_vlm("idefics3")
     with pytest.raises(PolysteerError, match="made for"):
