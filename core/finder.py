@@ -79,19 +79,32 @@ class FunctionFinder(DirectionFinder):
 
 def make_finder(finder: "str | DirectionFinder | type | FinderFunction", **params) -> DirectionFinder:
     """Build a finder from a registered name, a class, an instance or a bare function."""
+    name = finder if isinstance(finder, str) else None
     if isinstance(finder, str):
         from polysteer.manager import registry
 
         finder = registry("direction_finders")[finder]
     if isinstance(finder, DirectionFinder):
+        _check_params(type(finder), params)
         return clone(finder).set_params(**params) if params else clone(finder)
     if isinstance(finder, type) and issubclass(finder, DirectionFinder):
+        _check_params(finder, params)
         return finder(**params)
     if callable(finder):
+        _check_params(FunctionFinder, params, about=f"the function finder {name or finder.__name__!r}")
         wrapped = FunctionFinder(finder)
-        wrapped.name = getattr(finder, "name", getattr(finder, "__name__", "function"))
+        wrapped.name = name or getattr(finder, "name", getattr(finder, "__name__", "function"))
         return wrapped
     raise PolysteerError(f"cannot use {finder!r} as a direction finder")
+
+
+def _check_params(cls: type, params: dict, about: str | None = None) -> None:
+    accepted = [] if cls is FunctionFinder else cls._get_param_names()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        about = about or f"finder {getattr(cls, 'name', '') or cls.__name__!r}"
+        offer = f"its parameters: {', '.join(accepted)}" if accepted else "it takes none"
+        raise PolysteerError(f"{about} has no parameter {', '.join(map(repr, unknown))}; {offer}")
 
 
 def fit_layers(

@@ -116,9 +116,11 @@ def registry(kind: str) -> Registry:
 
 
 def _add(reg: Registry, obj: Any, name: str | None, owner: str) -> None:
-    name = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
+    name = name or getattr(obj, "name", None)
     if not name:
-        raise PolysteerError(f"registered a {reg.kind[:-1]} without a name; give it a `name` attribute")
+        fix = (f"register({obj.__name__}, name='...')" if callable(obj) and hasattr(obj, "__name__")
+               else "give it a `name` attribute")
+        raise PolysteerError(f"registered a {reg.kind[:-1]} without a name; {fix}")
     if name in reg.items:
         broken_plugins[owner] = (f"duplicate {reg.kind[:-1]} name {name!r}: already registered by "
                                  f"{reg.owners[name]}, so {owner}'s was skipped; rename it or exclude one of them "

@@ -45,6 +45,44 @@ def test_register_and_unregister_a_finder_plugin():
     assert "negated-diffmean" not in registry("direction_finders")
 
 
+def test_a_bare_function_registers_under_the_name_given_and_never_silently(monkeypatch):
+    monkeypatch.setattr(manager, "broken_plugins", {})
+
+    def mean_gap(X_pos, X_neg):
+        return X_pos.mean(0) - X_neg.mean(0)
+
+    class Named:
+        @staticmethod
+        @hookimpl
+        def register_direction_finders(register):
+            register(mean_gap, name="mean-gap")
+
+    class Unnamed:
+        @staticmethod
+        @hookimpl
+        def register_direction_finders(register):
+            register(mean_gap)
+
+    manager.pm.register(Named, name="named-plugin")
+    manager.pm.register(Unnamed, name="unnamed-plugin")
+    try:
+        reg = registry("direction_finders")
+        assert reg["mean-gap"] is mean_gap and "mean_gap" not in reg
+        finder = make_finder("mean-gap").fit(torch.ones(3, 2), torch.zeros(3, 2))
+        assert finder.name == "mean-gap" and finder.direction_.tolist() == pytest.approx([2 ** -0.5] * 2)
+        assert "register(mean_gap, name='...')" in manager.broken_plugins["unnamed-plugin"]
+        with pytest.raises(PolysteerError, match="'mean-gap' has no parameter 'trim'; it takes none"):
+            make_finder("mean-gap", trim=0.1)
+    finally:
+        manager.pm.unregister(name="named-plugin")
+        manager.pm.unregister(name="unnamed-plugin")
+
+
+def test_an_unknown_finder_parameter_names_the_accepted_ones():
+    with pytest.raises(PolysteerError, match="finder 'probe' has no parameter 'rank'; its parameters: C, max_iter, standardize"):
+        make_finder("probe", rank=2)
+
+
 def test_a_duplicate_name_is_skipped_and_reported_naming_both_plugins(monkeypatch):
     monkeypatch.setattr(manager, "broken_plugins", {})
 
