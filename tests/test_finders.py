@@ -13,17 +13,19 @@ FINDERS = sorted(name for name, item in registry("direction_finders").items.item
 D = 48
 
 
-def planted(n=200, seed=0, shift=3.0):
-    """Two classes that differ along one coordinate axis, with isotropic noise.
+def planted(n=400, seed=0, shift=3.0):
+    """Paired classes that differ along one coordinate axis, by an amount that varies per pair, with isotropic noise.
 
     Isotropic noise makes every direction equally hard for rotation-equivariant finders; an axis lets
-    dictionary finders (SAE features) hold the planted direction in their dictionary.
+    dictionary finders (SAE features) hold the planted direction in their dictionary. The pairs' separation varies
+    (from ``shift`` to 2.5x ``shift``), as real contrast pairs' does, which is what repeng's centred pca_diff reads.
     """
     g = torch.Generator().manual_seed(seed)
     v = torch.zeros(D)
     v[(7 * seed + 3) % D] = 1.0
-    X_pos = torch.randn(n, D, generator=g) + shift * v
-    X_neg = torch.randn(n, D, generator=g) - shift * v
+    amount = shift * (1 + 1.5 * torch.rand(n, 1, generator=g))
+    X_pos = torch.randn(n, D, generator=g) + amount * v
+    X_neg = torch.randn(n, D, generator=g) - amount * v
     return X_pos, X_neg, v
 
 
@@ -111,6 +113,25 @@ def test_pca_diff_needs_pairs():
     X_pos, X_neg, _ = planted()
     with pytest.raises(PolysteerError, match="paired"):
         make_finder("pca_diff").fit(X_pos, X_neg[:-3])
+
+
+def test_pca_diff_centres_the_differences_as_repeng_does():
+    """repeng fits sklearn's PCA (which centres) to the pair differences: PC1 is their main axis of variation."""
+    from sklearn.decomposition import PCA
+
+    gen = torch.Generator().manual_seed(0)
+    shared, varying = torch.zeros(16), torch.zeros(16)
+    shared[0], varying[1] = 5.0, 1.0
+    X_neg = torch.randn(40, 16, generator=gen)
+    diffs = shared + torch.randn(40, 1, generator=gen) * 3 * varying + 0.1 * torch.randn(40, 16, generator=gen)
+    X_pos = X_neg + diffs
+    reference = torch.as_tensor(PCA(n_components=1).fit(diffs.numpy()).components_[0]).float()
+    centred = make_finder("pca_diff").fit(X_pos, X_neg).direction_
+    assert abs(float(centred @ reference)) > 0.999 and abs(float(centred[1])) > 0.99
+    uncentred = make_finder("pca_diff", center=False).fit(X_pos, X_neg).direction_
+    assert abs(float(uncentred[0])) > 0.8  # the mean difference dominates without centring
+    with pytest.raises(PolysteerError, match="at least 2 pairs"):
+        make_finder("pca_diff").fit(X_pos[:1], X_neg[:1])
 
 
 def test_unknown_finder_names_the_registered_ones():

@@ -28,9 +28,17 @@ def _pc1(X: torch.Tensor) -> torch.Tensor:
 
 
 class PCADiff(DirectionFinder):
-    """PC1 of the paired differences ``x_pos_i - x_neg_i`` (repeng's pca_diff); pairs must align."""
+    """PC1 of the paired differences ``x_pos_i - x_neg_i`` (repeng's pca_diff); pairs must align.
+
+    Args:
+        center: subtract the mean difference first, as repeng does (its sklearn PCA centres), so PC1 is the axis
+            along which the pairs' differences vary most; ``False`` keeps the mean difference in (uncentred SVD).
+    """
 
     name = "pca_diff"
+
+    def __init__(self, center: bool = True):
+        self.center = center
 
     def fit(self, X_pos, X_neg):
         X_pos, X_neg = check_inputs(X_pos, X_neg)
@@ -39,7 +47,13 @@ class PCADiff(DirectionFinder):
                 f"pca_diff needs paired examples, got {len(X_pos)} positives and {len(X_neg)} negatives; "
                 "use pca_center or diffmean for unpaired data"
             )
-        self.direction_, self.scale_ = finish_direction(_pc1(X_pos - X_neg), X_pos, X_neg)
+        diffs = X_pos - X_neg
+        if self.center:
+            diffs = diffs - diffs.mean(0)
+            if len(diffs) < 2 or not diffs.abs().max() > 0:
+                raise PolysteerError("centred pca_diff needs at least 2 pairs whose differences vary; give more "
+                                     "pairs, or use --finder-param center=false or the diffmean finder")
+        self.direction_, self.scale_ = finish_direction(_pc1(diffs), X_pos, X_neg)
         return self
 
 
