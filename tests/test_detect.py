@@ -75,9 +75,22 @@ def test_metrics_and_best_f1_threshold():
     scores, labels = [0.1, 0.4, 0.35, 0.8, 0.9], [0, 0, 1, 1, 1]
     assert best_f1_threshold(scores, labels) == pytest.approx(0.35)
     best = detection_metrics(scores, labels)
-    assert best.auroc == pytest.approx(5 / 6) and best.f1 == pytest.approx(6 / 7) and best.recall == 1.0
+    assert best.auroc == pytest.approx(5 / 6) and best.oracle_f1 == pytest.approx(6 / 7)
+    assert best.threshold_source == "cross-validated" and best.threshold == pytest.approx(0.35)
     fixed = detection_metrics(scores, labels, threshold=0.85)
     assert fixed.threshold == 0.85 and fixed.precision == 1.0 and fixed.recall == pytest.approx(1 / 3)
+    assert fixed.threshold_source == "given"
+    one_negative = detection_metrics([0.1, 0.5, 0.9], [0, 1, 1])
+    assert one_negative.threshold_source == "oracle" and one_negative.f1 == one_negative.oracle_f1 == 1.0
+
+
+def test_f1_is_never_scored_at_a_threshold_chosen_on_the_same_texts():
+    """On scores unrelated to the labels the best threshold in hindsight looks good; held-out calls do not."""
+    labels = (torch.arange(40) % 5 == 0).int()
+    for seed in range(4):
+        metrics = detection_metrics(torch.rand(40, generator=torch.Generator().manual_seed(seed)), labels)
+        assert metrics.threshold_source == "cross-validated"
+        assert metrics.oracle_f1 > metrics.f1 + 0.03
     with pytest.raises(PolysteerError, match="both present"):
         detection_metrics([0.1, 0.2], [1, 1])
     with pytest.raises(PolysteerError, match="2 scores for 3 labels"):
@@ -144,7 +157,8 @@ def test_detect_with_a_fitted_probe_reports_auroc_and_writes_scores(files, invok
     assert result.exit_code == 0, result.output
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("AUROC")][0]
     auroc = float(line.split()[1])
-    assert auroc > 0.9 and "(best F1 on these texts); 8 positive, 8 negative" in line
+    assert auroc > 0.9 and "(each text called at a threshold chosen on the other folds;" in line
+    assert line.endswith("8 positive, 8 negative")
     data = json.loads(out.read_text())
     assert data["metrics"]["auroc"] == pytest.approx(auroc, abs=1e-4) and len(data["texts"]) == 16
     assert data["detector"]["finder"] == "diffmean" and data["detector"]["hook_point"] == HP

@@ -167,7 +167,13 @@ def feature_codes(sae: SAE, tokens: TokenActivations, pooling: str = "mean", bat
 
 @dataclass
 class DetectionMetrics:
-    """AUROC, and precision/recall/F1/accuracy at ``threshold`` (score >= threshold is called positive)."""
+    """AUROC, and precision/recall/F1/accuracy at ``threshold`` (score >= threshold is called positive).
+
+    ``threshold_source`` says where the threshold came from: ``given``, ``train`` (best F1 on other labelled
+    texts), ``cross-validated`` (each fold's texts called at the best-F1 threshold of the other folds; ``threshold``
+    is then the best one on all texts, to apply to new ones) or ``oracle`` (best F1 on these very texts: an upper
+    bound, used only when a class has a single text). ``oracle_f1`` is always that upper bound.
+    """
 
     auroc: float
     f1: float
@@ -177,6 +183,8 @@ class DetectionMetrics:
     threshold: float
     n_positive: int
     n_negative: int
+    threshold_source: str = "given"
+    oracle_f1: float = float("nan")
 
 
 def _labels_and_scores(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -199,14 +207,32 @@ def best_f1_threshold(scores, labels) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def detection_metrics(scores, labels, threshold: float | None = None) -> DetectionMetrics:
-    """AUROC of the scores and F1 at ``threshold`` (default: :func:`best_f1_threshold` on these data)."""
+def detection_metrics(scores, labels, threshold: float | None = None, source: str = "given",
+                      folds: int = 5, seed: int = 0) -> DetectionMetrics:
+    """AUROC of the scores, and F1 at ``threshold`` (``source`` says where it came from), or without one, F1 with
+    thresholds chosen by stratified ``folds``-fold cross-validation on these texts, never on the texts they call."""
     s, y = _labels_and_scores(scores, labels)
-    threshold = best_f1_threshold(s, y) if threshold is None else float(threshold)
-    pred = (s >= threshold).astype(int)
+    oracle = best_f1_threshold(s, y)
+    if threshold is not None:
+        pred, cut = (s >= float(threshold)).astype(int), float(threshold)
+    elif min(int(y.sum()), int((1 - y).sum())) >= 2:
+        pred, cut, source = _cross_validated_calls(s, y, folds, seed), oracle, "cross-validated"
+    else:
+        pred, cut, source = (s >= oracle).astype(int), oracle, "oracle"
     tp = int(((pred == 1) & (y == 1)).sum())
     return DetectionMetrics(
         auroc=float(roc_auc_score(y, s)), f1=float(f1_score(y, pred, zero_division=0)),
         precision=tp / max(int(pred.sum()), 1), recall=tp / int(y.sum()), accuracy=float((pred == y).mean()),
-        threshold=threshold, n_positive=int(y.sum()), n_negative=int((1 - y).sum()),
+        threshold=cut, n_positive=int(y.sum()), n_negative=int((1 - y).sum()), threshold_source=source,
+        oracle_f1=float(f1_score(y, (s >= oracle).astype(int), zero_division=0)),
     )
+
+
+def _cross_validated_calls(s: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    n_folds = max(2, min(folds, int(y.sum()), int((1 - y).sum())))
+    pred = np.zeros_like(y)
+    for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(s, y):
+        pred[test] = (s[test] >= best_f1_threshold(s[train], y[train])).astype(int)
+    return pred

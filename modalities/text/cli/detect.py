@@ -105,7 +105,11 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
     if metrics is None:
         flags = [f"\t{int(s >= threshold)}" if threshold is not None else "" for s in scores]
         return [f"{s:.4f}{flag}\t{t[:80]}" for s, flag, t in zip(scores, flags, texts)]
-    how = "given" if threshold is not None else "best F1 on these texts"
+    how = {"given": "threshold given", "train": "threshold: best F1 on --train",
+           "cross-validated": "each text called at a threshold chosen on the other folds; the threshold shown is "
+                              f"the best on all texts, where F1 would read {metrics.oracle_f1:.4f} in hindsight",
+           "oracle": "threshold: best F1 on these same texts (a class has one text, too few to cross-validate), "
+                     "so F1 is an upper bound"}[metrics.threshold_source]
     return [f"AUROC {metrics.auroc:.4f}  F1 {metrics.f1:.4f} (precision {metrics.precision:.3f}, recall "
             f"{metrics.recall:.3f}, accuracy {metrics.accuracy:.3f}) at threshold {metrics.threshold:.4g} ({how}); "
             f"{metrics.n_positive} positive, {metrics.n_negative} negative"]
