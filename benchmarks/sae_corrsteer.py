@@ -3,8 +3,9 @@
 Questions "What is a + b?" (and a - b, a * b) with a checkable reward (the first integer of the answer
 is right). CorrSteer selects SAE features on the training questions from the model's own answers
 (streaming Pearson of max-pooled latents over generated tokens vs the reward), then the held-out
-questions are answered unsteered and steered (generated positions only) at a few multiples of the
-selected coefficient. Side-effect ratio = answers flipped from right to wrong / answers changed.
+questions (disjoint from the selection and validation ones) are answered unsteered and steered (generated
+positions only) at a few multiples of the selected coefficient, for CorrSteer-S, -A and -P. Side-effect
+ratio = answers flipped from right to wrong / answers changed.
 
 Usage::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -35,12 +37,17 @@ RESULTS = Path(__file__).parent / "results" / "sae_corrsteer"
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def questions(n: int, seed: int) -> list[tuple[str, int]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b, op = rng.randint(1, 9), rng.randint(1, 9), rng.choice(list(OPS))
-        out.append((f"What is {a} {op} {b}? Answer with just the number.", OPS[op](a, b)))
+def splits(sizes: list[int], seed: int = 0) -> list[list[tuple[str, int]]]:
+    """Disjoint question sets of the given sizes, drawn without replacement from all 243 distinct questions."""
+    every = [(a, op, b) for a in range(1, 10) for op in OPS for b in range(1, 10)]
+    if sum(sizes) > len(every):
+        raise SystemExit(f"only {len(every)} distinct questions; ask for at most that many in all")
+    random.Random(seed).shuffle(every)
+    out, start = [], 0
+    for n in sizes:
+        out.append([(f"What is {a} {op} {b}? Answer with just the number.", OPS[op](a, b))
+                    for a, op, b in every[start : start + n]])
+        start += n
     return out
 
 
@@ -53,60 +60,77 @@ def correct(answer: str, truth: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--sae", default=str(SHIPPED_SAE))
+    parser.add_argument("--sae", action="append", help="SAE folder (repeatable: -A and -P pick one per SAE); "
+                        "default: the shipped one")
     parser.add_argument("--train", type=int, default=96)
+    parser.add_argument("--validation", type=int, default=48, help="held-out questions CorrSteer-P prunes on")
     parser.add_argument("--test", type=int, default=96)
+    parser.add_argument("--variants", default="S,A,P")
     parser.add_argument("--scales", default="0.5,1,2", help="multiples of the CorrSteer coefficient")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args()
+    args.load_average = list(os.getloadavg()[:1])
     model, tokenizer = load_model(args.model)
-    sae = SAE.load(args.sae)
-    saes = {sae.metadata["hook_name"]: sae}
-    train, test = questions(args.train, 0), questions(args.test, 1)
-    truth = dict(train + test)
+    saes = {sae.metadata["hook_name"]: sae for sae in map(SAE.load, args.sae or [SHIPPED_SAE])}
+    train, validation, test = splits([args.train, args.validation, args.test])
+    assert not {q for q, _ in train + validation} & {q for q, _ in test}, "selection and test questions overlap"
+    truth = dict(train + validation + test)
     reward = lambda prompt, answer: float(correct(answer, truth[prompt]))  # noqa: E731
-    picks = corrsteer(model, tokenizer, [q for q, _ in train], reward, saes, "S", args.max_new_tokens)
     prompts = [q for q, _ in test]
     base = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     base_ok = [correct(a, t) for a, (_, t) in zip(base, test)]
-    rows = [{"scale": 0.0, "accuracy": sum(base_ok) / len(test), "side_effect_ratio": 0.0, "changed": 0}]
-    for scale in map(float, args.scales.split(",")):
-        plan = corrsteer_plan(picks, saes, scale)
-        answers = generate(model, tokenizer, prompts, plan, max_new_tokens=args.max_new_tokens)
-        ok = [correct(a, t) for a, (_, t) in zip(answers, test)]
-        rows.append({"scale": scale, "accuracy": sum(ok) / len(test),
-                     "side_effect_ratio": side_effect_ratio(base_ok, ok, base, answers),
-                     "changed": sum(a != b for a, b in zip(answers, base))})
-    write_report(args, picks, rows)
+    rows = [{"variant": "unsteered", "features": "", "scale": 0.0, "accuracy": sum(base_ok) / len(test),
+             "side_effect_ratio": 0.0, "changed": 0}]
+    for variant in args.variants.split(","):
+        held_out = [q for q, _ in validation] if variant == "P" else None
+        picks = corrsteer(model, tokenizer, [q for q, _ in train], reward, saes, variant, args.max_new_tokens,
+                          validation_prompts=held_out)
+        names = ", ".join(f"{f.feature}@{f.hook_point} (r={f.correlation:.2f})" for f in picks) or "none kept"
+        for scale in map(float, args.scales.split(",")) if picks else []:
+            answers = generate(model, tokenizer, prompts, corrsteer_plan(picks, saes, scale),
+                               max_new_tokens=args.max_new_tokens)
+            ok = [correct(a, t) for a, (_, t) in zip(answers, test)]
+            rows.append({"variant": variant, "features": names, "scale": scale, "accuracy": sum(ok) / len(test),
+                         "side_effect_ratio": side_effect_ratio(base_ok, ok, base, answers),
+                         "changed": sum(a != b for a, b in zip(answers, base))})
+        if not picks:
+            rows.append({"variant": variant, "features": names, "scale": float("nan"), "accuracy": float("nan"),
+                         "side_effect_ratio": float("nan"), "changed": 0})
+    args.load_average.append(os.getloadavg()[0])
+    write_report(args, saes, rows)
 
 
-def write_report(args, picks, rows) -> None:
+def write_report(args, saes, rows) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    feature = picks[0]
-    result = {"model": args.model, "sae": str(args.sae), "feature": vars(feature), "rows": rows,
-              "n_train": args.train, "n_test": args.test}
+    result = {"args": vars(args), "saes": sorted(saes), "rows": rows}
     (RESULTS / "results.json").write_text(json.dumps(result, indent=2))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar([str(r["scale"]) for r in rows], [r["accuracy"] for r in rows])
-    ax.set(xlabel="steering scale (x CorrSteer coefficient; 0 = unsteered)", ylabel="held-out accuracy",
-           title=f"CorrSteer-S, feature {feature.feature}")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    shown = [r for r in rows if r["accuracy"] == r["accuracy"]]
+    ax.bar([f"{r['variant']} x{r['scale']:g}" if r["scale"] else "unsteered" for r in shown],
+           [r["accuracy"] for r in shown])
+    ax.set(xlabel="variant x scale (multiple of the CorrSteer coefficient)", ylabel="held-out accuracy",
+           title="CorrSteer on disjoint arithmetic splits")
+    ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(RESULTS / "corrsteer.png", dpi=120)
-    table = "\n".join(f"| {r['scale']:g} | {r['accuracy']:.3f} | {r['changed']} | {r['side_effect_ratio']:.3f} |"
-                      for r in rows)
+    table = "\n".join(f"| {r['variant']} | {r['features']} | {r['scale']:g} | {r['accuracy']:.3f} | {r['changed']} "
+                      f"| {r['side_effect_ratio']:.3f} |" for r in rows)
     (RESULTS / "README.md").write_text(f"""# CorrSteer on single-digit arithmetic ({args.model})
 
-CorrSteer-S picked feature {feature.feature} at {feature.hook_point} (Pearson r = {feature.correlation:.3f} with
-correctness over {args.train} training questions; coefficient {feature.coefficient:.3f} = its mean max-pooled
-activation on correct answers). Held-out: {args.test} questions, greedy, {args.max_new_tokens} new tokens, steering
-on generated positions only.
+Questions "What is a op b?" (243 distinct) are split without overlap: {args.train} to select features (streaming
+Pearson of each latent, max-pooled over every generated token, with correctness), {args.validation} for CorrSteer-P
+to prune on (a feature stays if steering with it alone raises validation accuracy), {args.test} to report. Coefficient
+= a feature's mean max-pooled activation on correct answers; steering on generated positions only; greedy,
+{args.max_new_tokens} new tokens. SAEs: {", ".join(sorted(saes))} (with one SAE, -A picks the same single feature
+as -S). Side-effect ratio = answers flipped right to wrong / answers changed.
 
-| scale | accuracy | answers changed | side-effect ratio |
-| --- | --- | --- | --- |
+| variant | features | scale | accuracy | answers changed | side-effect ratio |
+| --- | --- | --- | --- | --- | --- |
 {table}
 
 Command: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sae_corrsteer.py --model {args.model} --train {args.train} \\
---test {args.test} --scales {args.scales}`
+--validation {args.validation} --test {args.test} --variants {args.variants} --scales {args.scales}` (1-minute load
+average {args.load_average[0]:.2f} at the start, {args.load_average[-1]:.2f} at the end)
 
 ![accuracy](corrsteer.png)
 """)

@@ -10,12 +10,15 @@ from tiny import WORDS
 
 from polysteer import Direction, PolysteerError
 from polysteer.modalities.text.cli.sae import explain, sae
-from polysteer.modalities.text.generation import format_prompt
+from polysteer.modalities.text.generation import format_prompt, generate
 from polysteer.modalities.text.sae.corrsteer import (
+    CorrSteerFeature,
     StreamingPearson,
-    _record_generated,
+    _answer_mask,
+    _pooled_answers,
     corrsteer,
     corrsteer_plan,
+    prune,
     side_effect_ratio,
 )
 from polysteer.modalities.text.sae.ts import fit_effect_model, measure_effects, scale_for_loss
@@ -47,17 +50,26 @@ def test_streaming_pearson_matches_batch_correlation():
     assert int(stats.correlation().argmax()) == 2
 
 
-def test_recorder_max_pools_generated_tokens_only(llama, tokenizer, small_sae):
+def test_every_generated_token_is_encoded_the_last_one_too(llama, tokenizer, small_sae):
+    answers, pooled = _pooled_answers(llama, tokenizer, [PROMPTS[0]], {HP: small_sae}, max_new_tokens=5)
     text = format_prompt(tokenizer, PROMPTS[0])
     enc = tokenizer([text], return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad(), _record_generated(llama, {HP: small_sae}, {tokenizer.eos_token_id}) as pooled:
-        out = llama.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    n = enc.input_ids.shape[1]
     with torch.no_grad():
+        out = llama.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=0)
         hidden = llama(out, output_hidden_states=True).hidden_states[2][0]  # block 1 output
+    n = enc.input_ids.shape[1]
     assert out.shape[1] == n + 5 and (out[0, n:] != tokenizer.eos_token_id).all()
-    expected = small_sae.encode(hidden[n : n + 4]).max(0).values  # decode steps feed generated tokens 0..3
+    assert answers == tokenizer.batch_decode(out[:, n:], skip_special_tokens=True)
+    expected = small_sae.encode(hidden[n : n + 5]).max(0).values
     assert torch.allclose(pooled[HP][0], expected, atol=1e-4)
+    _, one = _pooled_answers(llama, tokenizer, [PROMPTS[0]], {HP: small_sae}, max_new_tokens=1)
+    assert one[HP][0].abs().sum() > 0  # a one-token answer is never fed back during generation, but is encoded
+    assert torch.allclose(one[HP][0], small_sae.encode(hidden[n : n + 1]).max(0).values, atol=1e-4)
+
+
+def test_answer_mask_stops_at_the_first_eos():
+    gen = torch.tensor([[5, 6, 2, 7], [2, 5, 5, 5], [5, 5, 5, 5]])
+    assert _answer_mask(gen, {2}).tolist() == [[True, True, False, False], [False] * 4, [True] * 4]
 
 
 def test_corrsteer_selects_features_and_steers_generated_positions(llama, tokenizer, small_sae):
@@ -75,6 +87,18 @@ def test_corrsteer_selects_features_and_steers_generated_positions(llama, tokeni
     assert torch.equal(plan.interventions[0].direction, small_sae.W_dec[every[0].feature].detach())
     with pytest.raises(PolysteerError, match="no answer earned"):
         corrsteer(llama, tokenizer, prompts[:2], lambda p, a: 0.0, saes, max_new_tokens=2)
+
+
+def test_corrsteer_p_keeps_only_features_whose_steering_raises_the_validation_reward(llama, tokenizer, small_sae):
+    saes = {HP: small_sae}
+    base = dict(zip(PROMPTS, generate(llama, tokenizer, PROMPTS, max_new_tokens=4, progress=False)))
+    changed = lambda prompt, answer: float(answer != base[prompt])  # noqa: E731  unsteered reward: 0
+    strong, idle = CorrSteerFeature(HP, 3, 0.5, 50.0), CorrSteerFeature(HP, 5, 0.4, 0.0)
+    assert prune(llama, tokenizer, [strong, idle], saes, PROMPTS, changed, max_new_tokens=4) == [strong]
+    with pytest.raises(PolysteerError, match="needs validation_prompts"):
+        corrsteer(llama, tokenizer, PROMPTS, changed, saes, "P")
+    with pytest.raises(PolysteerError, match="overlap"):
+        corrsteer(llama, tokenizer, PROMPTS, changed, saes, "P", validation_prompts=PROMPTS[:1])
 
 
 def test_side_effect_ratio():

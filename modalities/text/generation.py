@@ -135,15 +135,24 @@ def generate(
 
 
 def _generate_batch(model, tokenizer, texts, plan, max_new_tokens, do_sample, temperature, seed, chat):
+    out, prompt_mask = generate_ids(model, tokenizer, texts, plan, max_new_tokens, do_sample, temperature, seed, chat)
+    return tokenizer.batch_decode(out[:, prompt_mask.shape[1]:], skip_special_tokens=True)
+
+
+def generate_ids(model, tokenizer, texts: Sequence[str], plan: Plan | None = None, max_new_tokens: int = 48,
+                 do_sample: bool = False, temperature: float = 1.0, seed: int = 0,
+                 chat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of already formatted ``texts``: the token ids (left-padded prompt, then the generated tokens)
+    and the prompt's attention mask, whose width is where the generated tokens start."""
     # padding_side per call: the tokenizer may be shared by threads generating at once
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left",
                     add_special_tokens=not chat).to(_device(model))
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if do_sample else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     with torch.no_grad(), (steer(model, plan) if plan is not None else nullcontext()):
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-    return tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return out, enc.attention_mask
 
 
 def _has_row_values(plan: Plan) -> bool:
