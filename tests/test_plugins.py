@@ -79,7 +79,7 @@ def test_a_bare_function_registers_under_the_name_given_and_never_silently(monke
 
 
 def test_an_unknown_finder_parameter_names_the_accepted_ones():
-    with pytest.raises(PolysteerError, match="finder 'probe' has no parameter 'rank'; its parameters: C, max_iter, standardize"):
+    with pytest.raises(PolysteerError, match="'probe' has no parameter 'rank'; its parameters: C, max_iter, standard"):
         make_finder("probe", rank=2)
 
 

@@ -219,3 +219,17 @@ def test_text_workflow_packages_an_rfm_direction(llama, tokenizer, tmp_path):
     assert direction.finder["name"] == "rfm" and direction.finder["params"]["iters"] == 2
     loaded = Direction.load(direction.save(tmp_path / "rfm.safetensors"))
     assert loaded.vectors["text.blocks.1.resid_post"].shape == (llama.config.hidden_size,)
+
+
+def test_median_bandwidth_makes_the_fit_independent_of_the_activations_scale():
+    """A fixed bandwidth suits one activation scale; the median heuristic gives the same directions at any."""
+    X_pos, X_neg, v = quadratic(n=300)
+    small = RFM(iters=3, bandwidth="median").fit(X_pos, X_neg)
+    large = RFM(iters=3, bandwidth="median").fit(1000 * X_pos, 1000 * X_neg)
+    assert large.bandwidth_ == pytest.approx(1000 * small.bandwidth_, rel=1e-6)
+    assert abs(float(small.direction_ @ v)) > 0.9
+    assert torch.allclose(small.direction_, large.direction_, atol=1e-3)
+    with pytest.raises(PolysteerError, match="constant"):  # the same number is far too narrow at the new scale
+        RFM(iters=3, bandwidth=float(small.bandwidth_)).fit(1000 * X_pos, 1000 * X_neg)
+    with pytest.raises(PolysteerError, match="'median'"):
+        RFM(bandwidth="mean").fit(X_pos, X_neg)

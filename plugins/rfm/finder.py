@@ -48,11 +48,25 @@ class _Round:
         return (self.auc, -self.mse) >= (other.auc, -other.mse)
 
 
+def median_distance(X: torch.Tensor) -> float:
+    """The median Euclidean distance between distinct rows of ``X``."""
+    X = X.double()
+    d = torch.cdist(X, X)
+    d = d[torch.triu(torch.ones_like(d, dtype=torch.bool), 1)]
+    median = float(d.median()) if len(d) else 0.0
+    if not median > 0:
+        raise PolysteerError("RFM's median bandwidth is 0: the training points coincide; give varied examples or "
+                             "a numeric bandwidth")
+    return median
+
+
 class RFM(DirectionFinder):
     """Recursive Feature Machine finder and probe.
 
     Args:
-        bandwidth: Kernel bandwidth ``L``, in the units of the activations.
+        bandwidth: Kernel bandwidth ``L`` in the units of the activations, or ``"median"``: the median distance
+            between training points, so the kernel sees neighbours at any activation scale (a fixed number suits
+            one model's layer and no other's). The default 10 is the MusicRFM papers' value.
         p: Distance exponent; published range 0.7-1.4, and ``0 < p <= 2`` keeps the kernel positive definite.
         reg: Ridge ``lambda`` added to the kernel matrix.
         iters: Maximum number of rounds (fit, validate, AGOP update); 8-30 in the papers.
@@ -79,6 +93,7 @@ class RFM(DirectionFinder):
         val_aucs_: Validation AUC of every round run.
         best_iter_: Index of the selected round.
         scale_: Separation of the class means along ``direction_``.
+        bandwidth_: The bandwidth used (the median distance, or ``bandwidth`` as given).
         class_counts_: (positives, negatives) fitted on.
     """
 
@@ -86,7 +101,7 @@ class RFM(DirectionFinder):
 
     def __init__(
         self,
-        bandwidth: float = 10.0,
+        bandwidth: float | str = 10.0,
         p: float = 1.0,
         reg: float = 1e-3,
         iters: int = 10,
@@ -117,6 +132,8 @@ class RFM(DirectionFinder):
         X = torch.cat([X_pos, X_neg]).double()
         y = torch.cat([torch.ones(len(X_pos)), -torch.ones(len(X_neg))]).double()
         train, val, centres = self._split(len(X_pos), len(X_neg))
+        self.bandwidth_ = self._median_bandwidth(X, train, len(X_pos)) if self.bandwidth == "median" else float(
+            self.bandwidth)
         best = self._run_rounds(X[train], y[train], X[val], y[val], X[centres])
         self.M_, self.metric_ = best.agop.float(), best.metric.float()
         self.centres_, self.alpha_ = X[centres].float(), best.alpha
@@ -126,9 +143,17 @@ class RFM(DirectionFinder):
         self._set_directions(X_pos, X_neg)
         return self
 
+    @staticmethod
+    def _median_bandwidth(X: torch.Tensor, train: torch.Tensor, n_pos: int, per_class: int = 512) -> float:
+        """Median distance over up to ``per_class`` training rows of each class (the same rows whichever class
+        comes first, so swapping the classes changes nothing)."""
+        rows = torch.cat([train[train < n_pos][:per_class], train[train >= n_pos][:per_class]])
+        return median_distance(X[rows])
+
     def _check_params(self) -> None:
         checks = [
-            (self.bandwidth > 0, "bandwidth must be > 0"),
+            (self.bandwidth == "median" or (isinstance(self.bandwidth, (int, float)) and self.bandwidth > 0),
+             "bandwidth must be a number > 0 or 'median'"),
             (0 < self.p <= 2, "p must be in (0, 2] for a positive definite kernel (papers use 0.7-1.4)"),
             (self.reg > 0, "reg must be > 0 (try 1e-3)"),
             (int(self.iters) >= 1 and int(self.k) >= 1, "iters and k must be >= 1"),
@@ -173,7 +198,7 @@ class RFM(DirectionFinder):
         metric = torch.eye(X_tr.shape[1], dtype=torch.float64)
         best, self.val_aucs_ = None, []
         for iteration in tqdm(range(int(self.iters)), desc="rfm", leave=False, disable=None):
-            kernel = LaplaceKernel(metric, self.bandwidth, self.p)
+            kernel = LaplaceKernel(metric, self.bandwidth_, self.p)
             train = kernel.embed(X_tr)
             centres = train if len(C) == len(X_tr) else kernel.embed(C)
             alpha, G = self._fit_round(kernel, train, y_tr, centres)
@@ -221,7 +246,7 @@ class RFM(DirectionFinder):
 
     def _kernel(self) -> LaplaceKernel:
         """The selected predictor's kernel, as stored (the metric rounded to float32)."""
-        return LaplaceKernel(self.metric_.double(), self.bandwidth, self.p)
+        return LaplaceKernel(self.metric_.double(), self.bandwidth_, self.p)
 
     def predict_proba(self, X) -> torch.Tensor:
         """P(positive | x) per row.
