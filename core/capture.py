@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from polysteer.cache import load_tensors
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
 from polysteer.io import atomic_write
@@ -95,7 +96,8 @@ def _recorder(hp: str, store, current, n_points: int, pooling: str):
         if hp in current["seen"]:
             return
         current["seen"].add(hp)
-        store[hp].append(pool(h.detach(), current["mask"], pooling).float().cpu())
+        # pool in float32: a float16 sum over many positions overflows where their mean does not
+        store[hp].append(pool(h.detach().float(), current["mask"], pooling).cpu())
         if len(current["seen"]) == n_points:
             raise _Done
 
@@ -108,12 +110,16 @@ def cache_key(**parts: Any) -> str:
 
 
 def cached_capture(path: str | os.PathLike | None, key: str, compute: Callable[[], dict[str, torch.Tensor]]):
-    """Load activations saved under ``path`` for ``key``, or compute and save them atomically."""
+    """Load activations saved under ``path`` for ``key``, or compute and save them atomically.
+
+    A file that cannot be read (truncated, or written for another key) is computed again, with a warning.
+    """
     if path is None:
         return compute()
     file = Path(path) / f"acts-{key}.safetensors"
-    if file.exists():
-        return load_file(str(file))
+    found = load_tensors(file, key)
+    if found is not None:
+        return found
     acts = compute()
     write_safetensors_atomic(file, {k: v.contiguous() for k, v in acts.items()}, {"key": key})
     return acts

@@ -53,13 +53,17 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                    key=lambda ep: (not _is_builtin(ep), ep.name))
-    for ep in points:
+    for ep in entry_points_to_load():
         if _is_builtin(ep):
             builtin_plugins.add(ep.name)
-        if _is_builtin(ep) or _allowed(ep.name):
-            _register_module(ep.name, ep.load)
+        _register_module(ep.name, ep.load)
+
+
+def entry_points_to_load() -> list[importlib.metadata.EntryPoint]:
+    """The ``polysteer`` entry points :func:`load_plugins` imports, in its order (read without importing any)."""
+    points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda ep: (not _is_builtin(ep), ep.name))
+    return [ep for ep in points if _is_builtin(ep) or _allowed(ep.name)]
 
 
 def _register_module(name: str, load: Callable[[], Any]) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
+import torch
+
+from polysteer.cache import cached_json, cached_tensors, make_key, model_fingerprint
 from polysteer.direction import Direction
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import hook_point, parse_layers
@@ -35,13 +39,17 @@ def find_direction(
     pooling: str = "mean",
     cache_dir: str | None = None,
     provenance: dict | None = None,
+    cache: bool = False,
     **finder_params,
 ) -> Direction:
-    """Capture every layer in one pass, fit the finder per layer and package a Direction."""
+    """Capture every layer in one pass, fit the finder per layer and package a Direction.
+
+    ``cache_dir`` reuses activations saved in that folder; else ``cache=True`` keeps them in the polysteer cache
+    (see :mod:`polysteer.cache`), keyed by the model, both classes' examples, the hook points and the pooling.
+    """
     modality = TextModality()
     points = [hook_point(layer, site) for layer in layers]
-    X_pos = modality.capture(model, tokenizer, positives, points, pooling=pooling, cache_dir=cache_dir)
-    X_neg = modality.capture(model, tokenizer, negatives, points, pooling=pooling, cache_dir=cache_dir)
+    X_pos, X_neg = _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache)
     proto = make_finder(finder, **finder_params)
     return Direction.from_fitted(
         fit_layers(proto, X_pos, X_neg), model=model, modality=modality, finder=proto,
@@ -51,12 +59,59 @@ def find_direction(
     )
 
 
+def _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache):
+    """``(X_pos, X_neg)``, both classes in one cache entry when ``cache`` (and no ``cache_dir``)."""
+    modality = TextModality()
+
+    def run() -> dict[str, torch.Tensor]:
+        return {f"{side}/{hp}": acts for side, examples in (("pos", positives), ("neg", negatives))
+                for hp, acts in modality.capture(model, tokenizer, examples, points, pooling=pooling,
+                                                 cache_dir=cache_dir).items()}
+
+    if cache and cache_dir is None:
+        rows = lambda examples: [asdict(e) if isinstance(e, Example) else e for e in examples]  # noqa: E731
+        key = make_key(kind="activations", model=model_fingerprint(model), tokenizer=_tokenizer_fingerprint(tokenizer),
+                       positives=rows(positives), negatives=rows(negatives), hook_points=list(points),
+                       pooling=pooling, chat=True, batch_size=8, libraries=_libraries())
+        acts = cached_tensors("activations", key, run, "activations")
+    else:
+        acts = run()
+    return ({hp: acts[f"pos/{hp}"] for hp in points}, {hp: acts[f"neg/{hp}"] for hp in points})
+
+
 def persona_data(model, tokenizer, pair: PersonaPair, questions: Sequence[str] = TRAIN_QUESTIONS,
-                 max_new_tokens: int = 48) -> tuple[list[Example], list[Example]]:
-    """Answers written in each persona, to read back without it (the CAA recipe)."""
-    pos = persona_answers(model, tokenizer, questions, pair.positive, max_new_tokens)
-    neg = persona_answers(model, tokenizer, questions, pair.negative, max_new_tokens)
-    return pos, neg
+                 max_new_tokens: int = 48, cache: bool = True) -> tuple[list[Example], list[Example]]:
+    """Answers written in each persona, to read back without it (the CAA recipe).
+
+    The answers are kept in the polysteer cache (see :mod:`polysteer.cache`), keyed by the model, the tokenizer,
+    both personas, the questions and the generation settings: asking again reuses them. ``cache=False`` (or
+    ``POLYSTEER_NO_CACHE=1``) generates them anew.
+    """
+    questions = list(questions)
+
+    def answer() -> list[list[dict[str, Any]]]:
+        return [[asdict(e) for e in persona_answers(model, tokenizer, questions, persona, max_new_tokens)]
+                for persona in (pair.positive, pair.negative)]
+
+    key = make_key(kind="persona-answers", model=model_fingerprint(model), tokenizer=_tokenizer_fingerprint(tokenizer),
+                   personas=[pair.positive, pair.negative], questions=questions, libraries=_libraries(),
+                   generation={"max_new_tokens": max_new_tokens, "batch_size": 8, "greedy": True, "chat": True})
+    pos, neg = cached_json("persona-answers", key, answer, "persona answers", cache)
+    return [Example(**row) for row in pos], [Example(**row) for row in neg]
+
+
+def _tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
+    """What fixes how a tokenizer reads and formats text: its class, source, vocabulary and chat template."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"class": type(tokenizer).__name__, "name": str(getattr(tokenizer, "name_or_path", "")),
+            "size": len(tokenizer), "pad": getattr(tokenizer, "pad_token", None),
+            "chat_template": hashlib.sha256(str(template).encode()).hexdigest()}
+
+
+def _libraries() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 @dataclass

@@ -38,23 +38,35 @@ from polysteer.options import (
 @layers_option(help="Default: 40% of the depth.")
 @site_option()
 @click.option("--pooling", default="mean", type=CheckedChoice(["mean", "last"]), show_default=True)
+@max_new_tokens_option(None, help="Tokens per persona answer (default 48).")
 @click.option("--cache-dir", type=output_type("dir"), help="Reuse activations saved here.")
+@click.option("--no-cache", is_flag=True,
+              help="Generate persona answers and capture activations anew, ignoring the polysteer cache "
+                   "(also POLYSTEER_NO_CACHE=1).")
 @output_option(help="Direction file to write (.safetensors).")
-def find(model_name, device, dtype, finder, data, persona, questions, layers, site, pooling, cache_dir, output):
-    """Find a steering direction from contrastive data or a persona pair."""
+def find(model_name, device, dtype, finder, data, persona, questions, layers, site, pooling, max_new_tokens,
+         cache_dir, no_cache, output):
+    """Find a steering direction from contrastive data or a persona pair.
+
+    Persona answers and activations are cached (under $POLYSTEER_CACHE, default ~/.cache/polysteer), keyed by the
+    model, the data and the settings, so running the same command again skips that work.
+    """
     from polysteer.modalities.text.workflow import choose_layers, find_direction
 
-    source, examples = _examples(data, persona, questions)
+    if cache_dir and no_cache:
+        raise PolysteerError("--cache-dir reuses saved activations and --no-cache turns reuse off: give one")
+    source, examples = _examples(data, persona, questions, max_new_tokens, not no_cache)
     model, tokenizer = load_text_model(model_name, device, dtype)
     positives, negatives = examples(model, tokenizer)
     layer_list = choose_layers(layers, TextModality().n_layers(model))
     direction = find_direction(model, tokenizer, positives, negatives, layer_list, finder, site, pooling,
-                               cache_dir, provenance=source)
+                               cache_dir, provenance=source, cache=not no_cache)
     direction.save(output)
     click.echo(f"wrote {output}: {finder} at {', '.join(direction.hook_points)}")
 
 
-def _examples(data: str | None, persona: str | None, questions: str | None):
+def _examples(data: str | None, persona: str | None, questions: str | None, max_new_tokens: int | None = None,
+              cache: bool = True):
     """Provenance and a function of ``(model, tokenizer)`` giving the two classes; the files are read now."""
     from polysteer.modalities.text.presets import TRAIN_QUESTIONS, PersonaPair
     from polysteer.modalities.text.workflow import persona_data
@@ -64,12 +76,15 @@ def _examples(data: str | None, persona: str | None, questions: str | None):
     if data:
         if questions:
             raise PolysteerError("--questions goes with --persona: --data already holds both classes")
+        if max_new_tokens is not None:
+            raise PolysteerError("--max-new-tokens goes with --persona: --data already holds the answers")
         classes = list(read_contrastive(data))
         return {"data": str(data)}, lambda model, tokenizer: classes
     pair = _persona_pair(persona, PersonaPair)
     qs = read_lines(questions, "questions") if questions else TRAIN_QUESTIONS
     source = {"persona_positive": pair.positive, "persona_negative": pair.negative, "n_questions": len(qs)}
-    return source, lambda model, tokenizer: persona_data(model, tokenizer, pair, qs)
+    tokens = 48 if max_new_tokens is None else max_new_tokens
+    return source, lambda model, tokenizer: persona_data(model, tokenizer, pair, qs, tokens, cache)
 
 
 def _persona_pair(spec: str, cls):
