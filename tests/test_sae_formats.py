@@ -1,6 +1,8 @@
 """SAELens folders are read defensively: schema-checked cfg.json, header-checked shapes, translated hook names."""
 
 import json
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from tiny import fuzz_settings, random_sae
 from polysteer import PolysteerError
 from polysteer.plugins.sae import SAE
 from polysteer.plugins.sae.formats import parse_config, to_hook_point, to_saelens_hook_name
+from polysteer.plugins.sae.pretrained import check_sae
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -66,7 +69,11 @@ def weights(d_in=8, d_sae=16, **extra):
     ({"architecture": "gated"}, weights(), "not supported"),
     ({"architecture": "topk"}, weights(), "needs 'k'"),
     ({"architecture": "topk", "k": 99}, weights(), "k must be an integer in 1..16"),
-    ({"normalize_activations": "layer_norm"}, weights(), "normalize_activations"),
+    ({"normalize_activations": "batch_norm"}, weights(), "normalize_activations='batch_norm' is not one of"),
+    ({"dtype": "int8"}, weights(), "dtype must be one of"),
+    ({"reshape_activations": "hook_z"}, weights(), "reshape_activations='hook_z'"),
+    ({"rescale_acts_by_decoder_norm": 1}, weights(), "rescale_acts_by_decoder_norm must be true or false"),
+    ({}, weights(scaling_factor=torch.full((16,), 2.0)), "finetuning scaling_factor"),
     ({"hook_name": 3}, weights(), "hook_name must be a string"),
     ({"hook_name": "blocks.1.attn.hook_z"}, weights(), "hook_name"),
     ({"polysteer": {"max_norm": "big"}}, weights(), "max_norm must be a finite number"),
@@ -94,7 +101,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     max_leaves=8)
 KEYS = st.sampled_from(["d_in", "d_sae", "architecture", "k", "activation_fn_str", "activation_fn_kwargs",
                         "apply_b_dec_to_input", "normalize_activations", "hook_name", "model_name", "polysteer",
-                        "metadata"])
+                        "metadata", "dtype", "reshape_activations", "rescale_acts_by_decoder_norm"])
 
 
 @fuzz_settings(500)
@@ -143,3 +150,80 @@ def test_a_gemma_scope_file_with_objects_or_missing_arrays_is_refused(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(PolysteerError, match="not a numpy .npz"):
         SAE.load(tmp_path / "junk.npz")
+
+
+GEMMA = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
+
+
+def hub_snapshot(cache, repo_id: str):
+    """The snapshot folder of ``repo_id`` in a Hugging Face cache laid out as huggingface_hub writes it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    return repo / "snapshots" / ("0" * 40)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_a_release_id_offline_and_uncached_fails_at_once_naming_the_release_and_the_fix(offline_cache):
+    start = time.monotonic()
+    with pytest.raises(PolysteerError) as info:
+        SAE.load(GEMMA)
+    message = str(info.value)
+    assert time.monotonic() - start < 15 and "\n" not in message
+    assert GEMMA in message and "google/gemma-scope-2b-pt-res" in message
+    assert "HF_HUB_OFFLINE is set" in message and "run once online" in message
+
+
+@pytest.mark.parametrize("sae, message", [
+    ("gemma-scope-2b-pt-res-canonicall/layer_20/width_16k/canonical",
+     "'gemma-scope-2b-pt-res-canonicall' is not a SAELens release \\(did you mean 'gemma-scope-2b-pt-res-canonical'"),
+    ("gemma-scope-2b-pt-res-canonical/layer_99/width_16k/canonical", "has no SAE 'layer_99/width_16k/canonical'"),
+    ("llama_scope_lxa_32x/l0a_32x", "stored in SAELens' 'llama_scope' layout"),
+    ("gemma-scope-2b-pt-att-canonical/layer_3/width_16k/canonical", "attn.hook_z"),
+    ("no-such-folder", "does not exist; give an SAE folder"),
+])
+def test_unknown_or_unreadable_release_ids_get_one_line_errors(offline_cache, sae, message):
+    with pytest.raises(PolysteerError, match=message) as info:
+        SAE.load(sae)
+    assert "\n" not in str(info.value)
+
+
+def test_without_sae_lens_a_release_id_says_to_install_it(offline_cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # how Python marks a package that cannot be imported
+    with pytest.raises(PolysteerError, match="need sae-lens: pip install sae-lens"):
+        SAE.load(GEMMA)
+
+
+def test_a_cached_gemma_scope_release_loads_offline_at_its_hook_point(offline_cache):
+    folder = hub_snapshot(offline_cache, "google/gemma-scope-2b-pt-res") / "layer_20" / "width_16k" / "average_l0_71"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **gemma_scope_arrays())
+    sae = SAE.load(GEMMA)
+    assert (sae.architecture, sae.hook_point, sae.apply_b_dec_to_input) == ("jumprelu", "text.blocks.20.resid_post",
+                                                                             False)
+    assert sae.metadata["sae_lens_release"] == GEMMA
+
+
+def test_a_cached_saelens_release_folds_its_norm_scaling_factor(offline_cache):
+    snapshot = hub_snapshot(offline_cache, "tommmcgrath/gpt2-small-mlp-out-saes")
+    cfg = {"d_in": 8, "d_sae": 16, "hook_point": "blocks.0.hook_mlp_out", "normalize_activations": True,
+           "activation_fn_str": "relu"}  # a pre-6.0 SAELens cfg
+    write(snapshot / "sae_group_gpt2_blocks.0.hook_mlp_out_24576:v1", cfg, weights())
+    sae = SAE.load("gpt2-small-mlp-tm/blocks.0.hook_mlp_out")
+    assert (sae.hook_point, sae.normalize_activations) == ("text.blocks.0.mlp_out", "none")
+    assert torch.allclose(sae.W_enc, weights()["W_enc"] * 1.049317316132615)
+    assert torch.allclose(sae.W_dec, weights()["W_dec"] / 1.049317316132615)
+
+
+def test_local_folders_still_load_and_the_cli_type_checks_them(tmp_path):
+    path = write(tmp_path / "sae", {"hook_name": "blocks.1.hook_resid_pre"}, weights())
+    assert SAE.load(str(path)).hook_point == "text.blocks.1.resid_pre"
+    assert check_sae(str(path)) == str(path)
+    with pytest.raises(PolysteerError, match="^--sae: SAE 'missing' does not exist"):
+        check_sae("missing")

@@ -4,6 +4,9 @@ the safetensors header, both before anything is allocated) and Gemma Scope's ``p
 SAELens names hook points as TransformerLens does (``blocks.3.hook_resid_post``); polysteer as
 ``text.blocks.3.resid_post``. Loading accepts either (and ``model.layers.3`` / ``layers.3.mlp`` module paths);
 saving writes the TransformerLens name that SAELens expects, with polysteer's own provenance under ``polysteer``.
+SAELens 6 configs (hook name under ``metadata``) and older ones (``hook_point``, ``activation_fn_str``, boolean
+``normalize_activations``) both parse; ``normalize_activations``, ``rescale_acts_by_decoder_norm`` and ``dtype``
+are validated here and applied by :mod:`polysteer.plugins.sae.normalize` and the SAE model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
+from polysteer.plugins.sae.normalize import parse_normalization
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 CFG_FILE = "cfg.json"
@@ -31,6 +35,7 @@ MAX_WIDTH = 2**24  # latents or input width; larger is a corrupt or hostile cfg
 _TL_SITES = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
              "hook_attn_out": "attn_out"}
 _MODULE_SITES = {"": "resid_post", "mlp": "mlp_out", "self_attn": "attn_out", "attn": "attn_out"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -43,6 +48,9 @@ class SAEFields:
     k: int | None
     apply_b_dec_to_input: bool
     metadata: dict[str, Any] = field(default_factory=dict)
+    normalize: str = "none"
+    dtype: str | None = None
+    rescale_by_decoder_norm: bool = False
 
 
 def to_hook_point(name: str, tower: str = "text") -> str:
@@ -88,14 +96,25 @@ def parse_config(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], where:
     """Validate ``cfg`` (types, ranges) against the weight shapes of the safetensors header."""
     d_in, d_sae = _dims(cfg, shapes, where)
     architecture, k = _architecture(cfg, shapes, d_sae, where)
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None, False):
-        raise PolysteerError(f"{where}: normalize_activations={norm!r} is not supported; fold the normalisation "
-                             "into the weights and save with normalize_activations='none'")
-    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
-    if not isinstance(apply_b_dec, bool):
-        raise PolysteerError(f"{where}: apply_b_dec_to_input must be true or false, got {apply_b_dec!r}")
-    return SAEFields(d_in, d_sae, architecture, k, apply_b_dec, _metadata(cfg, where))
+    normalize = parse_normalization(cfg.get("normalize_activations"), where)
+    apply_b_dec, rescale = (_bool(cfg, key, default, where) for key, default in
+                            (("apply_b_dec_to_input", True), ("rescale_acts_by_decoder_norm", False)))
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in ("none", None):
+        raise PolysteerError(f"{where}: reshape_activations={reshape!r} (per-head attention SAEs) is not supported; "
+                             "polysteer steers resid_pre/resid_post/mlp_out/attn_out")
+    dtype = cfg.get("dtype")
+    if dtype is not None and (not isinstance(dtype, str) or dtype.removeprefix("torch.") not in DTYPES):
+        raise PolysteerError(f"{where}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return SAEFields(d_in, d_sae, architecture, k, apply_b_dec, _metadata(cfg, where), normalize,
+                     dtype and dtype.removeprefix("torch."), rescale and architecture == "topk")
+
+
+def _bool(cfg: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise PolysteerError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -111,14 +130,18 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def read_weights(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
-    """The named tensors as float32, refusing NaN or inf."""
+    """The named tensors as float32, refusing NaN or inf, and a legacy ``scaling_factor`` that is not all ones."""
     tensors = {}
     with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
-        for key in keys:
+        for key in [*keys, *(["scaling_factor"] if "scaling_factor" in handle.keys() else [])]:
             tensor = handle.get_tensor(key)
             if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
                 raise PolysteerError(f"{path / WEIGHTS_FILE}: {key} holds NaN, inf or non-float values")
             tensors[key] = tensor.float()
+    scaling = tensors.pop("scaling_factor", None)
+    if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):  # SAELens 6 refuses it too
+        raise PolysteerError(f"{path / WEIGHTS_FILE} has a finetuning scaling_factor that is not all ones; fold it "
+                             "into W_dec (W_dec *= scaling_factor[:, None]) and delete it")
     return tensors
 
 
@@ -193,7 +216,7 @@ def _metadata(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         raise PolysteerError(f"{where}: 'polysteer' must be a JSON object, got {type(meta).__name__}")
     meta = dict(meta)
     for key in ("hook_name", "model_name"):
-        value = cfg.get(key, meta.get(key))
+        value = cfg.get(key, meta.get(key, cfg.get("hook_point") if key == "hook_name" else None))  # pre-6 name
         if value is not None and not isinstance(value, str):
             raise PolysteerError(f"{where}: {key} must be a string, got {value!r}")
         if value:
@@ -225,7 +248,8 @@ def read_gemma_scope(path: Path, hook_point: str | None = None) -> tuple[SAEFiel
     fields.metadata = {k: v for k, v in fields.metadata.items() if v}
     keys = check_shapes(fields, shapes, str(file))
     with np.load(file, allow_pickle=False) as arrays:
-        tensors = {key: torch.from_numpy(np.asarray(arrays[key], dtype=np.float32)) for key in keys}
+        names = {_npz_key(name): name for name in arrays.files}
+        tensors = {key: torch.from_numpy(np.asarray(arrays[names[key]], dtype=np.float32)) for key in keys}
     for key, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise PolysteerError(f"{file}: {key} holds NaN or inf")
@@ -245,7 +269,7 @@ def _npz_shapes(file: Path) -> dict[str, tuple[int, ...]]:
                     shape, _, dtype = read(member)
                 if dtype.hasobject:
                     raise PolysteerError(f"{file}: {name} holds Python objects; polysteer reads numeric arrays only")
-                shapes[name.removesuffix(".npy")] = tuple(shape)
+                shapes[_npz_key(name.removesuffix(".npy"))] = tuple(shape)
             return shapes
     except PolysteerError:
         raise
@@ -253,10 +277,19 @@ def _npz_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise PolysteerError(f"cannot read {file}: not a numpy .npz archive ({exc})") from None
 
 
+def _npz_key(name: str) -> str:
+    """SAELens' renaming of Gemma Scope arrays: ``w_enc`` -> ``W_enc``."""
+    return "W_" + name[2:] if name.startswith("w_") else name
+
+
 def _gemma_scope_hook(file: Path) -> str | None:
+    """The hook point SAELens' ``gemma_2`` loader gives: ``-res`` resid_post, ``-mlp`` mlp_out."""
     layer = next((m.group(1) for part in file.parts if (m := re.fullmatch(r"layer_(\d+)", part))), None)
     if layer is None:
         return None
     release = " ".join(file.parts)
-    site = "mlp_out" if re.search(r"-mlp\b", release) else "attn_out" if re.search(r"-att\b", release) else "resid_post"
+    if re.search(r"-att\b", release):
+        raise PolysteerError(f"{file}: Gemma Scope attention SAEs read attn.hook_z (the heads' outputs before the "
+                             "output projection), which polysteer cannot steer; use a -res or -mlp SAE")
+    site = "mlp_out" if re.search(r"-mlp\b", release) else "resid_post"
     return f"text.blocks.{layer}.{site}"

@@ -16,6 +16,7 @@ from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.presets import EVAL_PROMPTS
 from polysteer.option_types import POSITIVE_INT, input_type, words_type
 from polysteer.options import direction_option, layers_option, output_option, site_option
+from polysteer.plugins.sae.pretrained import sae_type
 
 
 def attribution_points(model, tokenizer, direction, prompts: Sequence[str], keywords: Sequence[str] | None,
@@ -65,7 +66,8 @@ def _feature_rows(model, tokenizer, prompts, keywords, sae, top) -> tuple[str, l
 @site_option()
 @direction_option(with_coef=False, coef_hint="attribution ranks at coefficient 1",
                   help="Rank by the effect of steering with this direction file.")
-@click.option("--sae", "sae_path", type=input_type("any"), help="Also rank this SAE's features.")
+@click.option("--sae", "sae_path", type=sae_type(), help="Also rank this SAE's features (folder or SAELens "
+              "RELEASE/SAE_ID).")
 @click.option("-n", "--top", default=10, show_default=True, type=POSITIVE_INT, help="Features to list.")
 @output_option(required=False, help="Write the rankings as JSON.")
 def attribute(model_name, device, dtype, keywords, prompts_file, layers, site, direction, sae_path, top, output):

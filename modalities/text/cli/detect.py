@@ -26,6 +26,7 @@ from polysteer.plugins.detection import (
     detection_metrics,
 )
 from polysteer.plugins.sae import SAE
+from polysteer.plugins.sae.pretrained import sae_type
 
 
 def _parse_params(pairs: Sequence[str]) -> dict:
@@ -122,7 +123,8 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
 @direction_option(with_coef=False, coef_hint="detection reads the direction, not its strength",
                   help="Detect with a direction file's projection.")
 @click.option("--feature", type=NONNEGATIVE_INT, help="Detect with an SAE latent (with --sae).")
-@click.option("--sae", "sae_path", type=input_type("any"), help="SAE for --feature (default: the shipped one).")
+@click.option("--sae", "sae_path", type=sae_type(), help="SAE for --feature: folder or SAELens RELEASE/SAE_ID "
+              "(default: the shipped one).")
 @finder_option(None, help="Fit this registered finder as a probe (diffmean, probe, rfm, ...) on --train.")
 @click.option("--train", "train_path", type=input_type(), help="Labelled JSONL to fit --finder on.")
 @click.option("-p", "--param", "params", multiple=True, help="Finder parameter KEY=VALUE (repeatable).")

@@ -19,6 +19,7 @@ from polysteer.option_types import (
     output_type,
 )
 from polysteer.options import coef_option, direction_option, output_option, site_option
+from polysteer.plugins.sae.pretrained import sae_type
 
 
 @click.group()
@@ -68,7 +69,8 @@ def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epoch
 
 @sae.command()
 @click.argument("feature", type=NONNEGATIVE_INT)
-@click.option("--sae", "sae_path", type=input_type("any"), help="SAE folder (default: the shipped SmolLM2 SAE).")
+@click.option("--sae", "sae_path", type=sae_type(), help="SAE folder or SAELens RELEASE/SAE_ID (default: the shipped "
+              "SmolLM2 SAE).")
 @click.option("--operator", type=CheckedChoice(["add", "sae_clamp"]), default="add", show_default=True)
 @coef_option(1.0, help="The file's default coefficient, in latent units (the feature's activation scale).")
 @output_option(help="Direction file to write (.safetensors).")
@@ -97,7 +99,8 @@ def _sae_path(path: str | None) -> Path:
 
 @click.command()
 @text_model_options
-@click.option("--sae", "sae_path", type=input_type("any"), help="SAE folder (default: the shipped SmolLM2 SAE).")
+@click.option("--sae", "sae_path", type=sae_type(), help="SAE folder or SAELens RELEASE/SAE_ID (default: the shipped "
+              "SmolLM2 SAE).")
 @click.option("--feature", type=NONNEGATIVE_INT, help="SAE feature to describe.")
 @direction_option(with_coef=False, coef_hint="give the coefficient with --coef",
                   help="Direction file to describe instead.")

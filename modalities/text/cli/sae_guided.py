@@ -10,10 +10,11 @@ from polysteer.errors import PolysteerError
 from polysteer.modalities.text.cli import text_model_options
 from polysteer.option_types import POSITIVE_INT, PROBABILITY, CheckedChoice, Parsed, input_type
 from polysteer.options import coef_option, max_new_tokens_option, output_option
+from polysteer.plugins.sae.pretrained import sae_type
 
-sae_option = click.option("--sae", "sae_path", type=input_type("any"),
-                          help="SAE folder; its hook_name is where activations are read and steering applies "
-                               "(default: the shipped SmolLM2 SAE, block 12).")
+sae_option = click.option("--sae", "sae_path", type=sae_type(),
+                          help="SAE folder or SAELens RELEASE/SAE_ID; its hook_name is where activations are read "
+                               "and steering applies (default: the shipped SmolLM2 SAE, block 12).")
 position_option = click.option("--position", type=CheckedChoice(["last", "mean"]), default="last", show_default=True,
                                help="Pool the last prompt token (chat template) or the mean over the plain prompt.")
 direction_output_option = output_option(help="Direction file to write (.safetensors).")
