@@ -262,6 +262,34 @@ def finder_option(default: str | None = "diffmean", help: str = "Registered dire
                         type=registered_type("direction_finders"), help=help)
 
 
+def parse_finder_param(text: str, option: str = "--finder-param") -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), else as a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise PolysteerError(f"{option} takes KEY=VALUE (e.g. trim=0.2), got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PolysteerError(f"{option} {key.strip()} must be a finite number, got {raw!r}")
+    return key.strip(), value
+
+
+def finder_param_option() -> Decorator:
+    """``--finder-param KEY=VALUE`` (repeatable; parameter ``finder_params``, a dict) for the finder's ``__init__``."""
+
+    def to_dict(ctx, param, values):
+        return dict(values)
+
+    return click.option("--finder-param", "finder_params", multiple=True, metavar="KEY=VALUE",
+                        type=Parsed("KEY=VALUE", parse_finder_param), callback=to_dict,
+                        help="A parameter of the finder, repeatable (e.g. --finder-param trim=0.2); "
+                             "`polysteer plugins` lists the finders.")
+
+
 def operator_option(default: str | None = None, help: str = "Registered operator name.") -> Decorator:
     """``--operator NAME`` (parameter ``operator``), checked against the plugin registry."""
     return click.option("--operator", default=default, show_default=default is not None, metavar="NAME",

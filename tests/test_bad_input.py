@@ -126,7 +126,7 @@ ROWS = [
     ("vlm describe --alpha-text without -d", f"vlm describe {{in}}/prompts.txt {VLM} --alpha-text 2",
      "--alpha-vision and --alpha-text set a direction's strengths"),
     ("detect -p without --finder", f"detect {TEXT} --texts {{in}}/prompts.txt -d {{d}} -p k=1",
-     "-p/--param sets --finder parameters"),
+     "--finder-param sets --finder parameters"),
     ("find --questions with --data", f"find {TEXT} --data {{in}}/pairs.jsonl --questions {{in}}/prompts.txt -o {OUT}",
      "--questions goes with --persona"),
     ("find --persona 'sea|'", f"find {TEXT} --persona sea| -o {OUT}", "unknown persona 'sea|'"),

@@ -198,7 +198,7 @@ def test_detect_output_is_atomic(files, monkeypatch, invoke):
     ('{"label": 1}\n', ["--feature", "1"], ':1: expected {"text"'),
     ('{"text": "the sea", "label": 1}\n', ["--feature", "1", "--finder", "probe"], "exactly one of --direction"),
     ('{"text": "the sea", "label": 1}\n', ["--finder", "probe"], "--finder and --train go together"),
-    ('{"text": "the sea", "label": 1}\n', ["--finder", "rfm", "--train", "{train}", "-p", "bogus=1"],
+    ('{"text": "the sea", "label": 1}\n', ["--finder", "rfm", "--train", "{train}", "--finder-param", "bogus=1"],
      "'rfm' has no parameter bogus; it takes bandwidth"),
 ])
 def test_detect_errors_are_one_line(files, tmp_path, capsys, content, args, message):

@@ -1,11 +1,14 @@
 """A third-party plugin distribution (tests/fixtures/polysteer-example) installed with pip and used from outside."""
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from polysteer import Direction
 
 FIXTURE = Path(__file__).parent / "fixtures" / "polysteer-example"
 
@@ -93,3 +96,21 @@ def test_load_and_exclude_variables_apply_to_third_party_plugins_only(installed,
     result = run(LOADED, installed, **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr(expected)
+
+
+def test_a_plugin_finder_takes_its_parameters_from_the_command_line(installed, model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"positive": f"the sea and the ocean {i}", "negative": f"the city {i}"})
+                              for i in range(6)))
+    out = tmp_path / "trimmed.safetensors"
+    find = ["find", "--model", str(model_dir), "--data", str(data), "--layers", "1", "--finder", "trimmed-mean-diff",
+            "--no-cache"]
+    result = run(f"from polysteer.cli import main; main({[*find, '--finder-param', 'trim=0.25', '-o', str(out)]!r})",
+                 installed)
+    assert result.returncode == 0, result.stderr
+    finder = Direction.load(out).finder
+    assert finder["name"] == "trimmed-mean-diff" and finder["params"] == {"trim": 0.25}
+    bad = run(f"from polysteer.cli import main; main({[*find, '--finder-param', 'cut=1', '-o', str(out)]!r})",
+              installed)
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "Error: finder 'trimmed-mean-diff' has no parameter 'cut'; its parameters: trim")

@@ -178,8 +178,9 @@ def test_a_saelens_sae_drives_explain_detect_feature_and_sae_contrast(cli_files,
     assert result.exit_code == 0 and "VocabProj top:" in result.output and "TokenChange +10" in result.output
     result = invoke("detect", "--model", model_dir, "--feature", 3, *sae, "--texts", cli_files / "plain.txt")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3, result.output
-    result = invoke("detect", "--model", model_dir, "--finder", "sae_contrast", "-p", f"sae={cli_files / 'sae'}",
-                    "-p", "top_k=4", "--train", cli_files / "train.jsonl", "--texts", cli_files / "train.jsonl",
+    result = invoke("detect", "--model", model_dir, "--finder", "sae_contrast",
+                    "--finder-param", f"sae={cli_files / 'sae'}", "--finder-param", "top_k=4",
+                    "--train", cli_files / "train.jsonl", "--texts", cli_files / "train.jsonl",
                     "--hook-point", "text.blocks.1.resid_post")
     assert result.exit_code == 0 and result.stdout.startswith("AUROC"), result.output
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -17,7 +16,7 @@ from polysteer.modalities.text.cli import text_model_options
 from polysteer.modalities.text.detect import read_texts, score_texts, text_activations
 from polysteer.modalities.text.modality import TextModality
 from polysteer.option_types import FINITE_FLOAT, NONNEGATIVE_INT, CheckedChoice, Parsed, input_type
-from polysteer.options import direction_option, finder_option, output_option
+from polysteer.options import direction_option, finder_option, finder_param_option, output_option
 from polysteer.plugins.detection import (
     DetectionMetrics,
     DirectionDetector,
@@ -27,19 +26,6 @@ from polysteer.plugins.detection import (
 )
 from polysteer.plugins.sae import SAE
 from polysteer.plugins.sae.pretrained import sae_type
-
-
-def _parse_params(pairs: Sequence[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PolysteerError(f"finder parameter {pair!r} must look like KEY=VALUE, e.g. bandwidth=50")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 def _direction_detector(path: str, hook_point: str | None):
@@ -67,14 +53,14 @@ def _feature_detector(feature: int, sae_path: str | None):
     return lambda model, tokenizer: result
 
 
-def _finder_detector(finder: str, train_path: str, hook_point: str | None, params: list[str]):
+def _finder_detector(finder: str, train_path: str, hook_point: str | None, params: dict):
     """Read the labelled --train texts now; the returned function fits the probe on the model's activations."""
     from polysteer.modalities.text.workflow import default_layer
 
     texts, labels = read_texts(train_path)
     if labels is None:
         raise PolysteerError(f"--train {train_path} must be labelled JSONL rows {{\"text\": ..., \"label\": 0|1}}")
-    kwargs = _parse_params(params)
+    kwargs = dict(params)
 
     def build(model, tokenizer):
         hp = hook_point or f"text.blocks.{default_layer(TextModality().n_layers(model))}.resid_post"
@@ -92,7 +78,7 @@ def _check_detector_options(direction, feature, finder, train_path, params) -> N
     if bool(finder) != bool(train_path):
         raise PolysteerError("--finder and --train go together: the probe is fitted on the --train texts")
     if params and not finder:
-        raise PolysteerError("-p/--param sets --finder parameters; give --finder NAME --train FILE too")
+        raise PolysteerError("--finder-param sets --finder parameters; give --finder NAME --train FILE too")
 
 
 def _check_hook_point(text: str, option: str) -> str:
@@ -127,25 +113,25 @@ def _report(texts, scores, metrics: DetectionMetrics | None, threshold) -> list[
               "(default: the shipped one).")
 @finder_option(None, help="Fit this registered finder as a probe (diffmean, probe, rfm, ...) on --train.")
 @click.option("--train", "train_path", type=input_type(), help="Labelled JSONL to fit --finder on.")
-@click.option("-p", "--param", "params", multiple=True, help="Finder parameter KEY=VALUE (repeatable).")
+@finder_param_option()
 @click.option("--hook-point", type=Parsed("hook point", _check_hook_point), metavar="TOWER.blocks.I.SITE",
               help="Where to read (default: the direction's first, the SAE's, or 40% depth).")
 @click.option("--pooling", type=CheckedChoice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--threshold", type=FINITE_FLOAT, help="Call a text positive at score >= this (default: best F1).")
 @output_option(required=False, help="Write per-text scores and metrics as JSON.")
-def detect(model_name, device, dtype, texts_path, direction, feature, sae_path, finder, train_path, params, hook_point,
-           pooling, threshold, output):
+def detect(model_name, device, dtype, texts_path, direction, feature, sae_path, finder, train_path, finder_params,
+           hook_point, pooling, threshold, output):
     """Score texts with a direction, a probe or an SAE feature; AUROC and F1 on labelled texts."""
     from polysteer.modalities.text.models import load_text_model
 
-    _check_detector_options(direction, feature, finder, train_path, params)
+    _check_detector_options(direction, feature, finder, train_path, finder_params)
     texts, labels = read_texts(texts_path)
     if direction:
         build = _direction_detector(direction, hook_point)
     elif feature is not None:
         build = _feature_detector(feature, sae_path)
     else:
-        build = _finder_detector(finder, train_path, hook_point, params)
+        build = _finder_detector(finder, train_path, hook_point, finder_params)
     model, tokenizer = load_text_model(model_name, device, dtype)
     detector, hp, max_norm, about = build(model, tokenizer)
     scores = score_texts(model, tokenizer, texts, detector, hp, pooling, max_norm).tolist()

@@ -18,6 +18,7 @@ from polysteer.options import (
     coef_option,
     direction_option,
     finder_option,
+    finder_param_option,
     layers_option,
     max_new_tokens_option,
     model_options,
@@ -32,6 +33,7 @@ from polysteer.options import (
 @click.command()
 @text_model_options
 @finder_option()
+@finder_param_option()
 @click.option("--data", type=input_type(), help="JSONL of positive/negative pairs or text/label rows.")
 @click.option("--persona", help=f"Built-in persona pair ({', '.join(PERSONAS)}) or 'POSITIVE|NEGATIVE' personas.")
 @click.option("--questions", type=input_type(), help="Questions for persona answers (one per line).")
@@ -44,15 +46,17 @@ from polysteer.options import (
               help="Generate persona answers and capture activations anew, ignoring the polysteer cache "
                    "(also POLYSTEER_NO_CACHE=1).")
 @output_option(help="Direction file to write (.safetensors).")
-def find(model_name, device, dtype, finder, data, persona, questions, layers, site, pooling, max_new_tokens,
-         cache_dir, no_cache, output):
+def find(model_name, device, dtype, finder, finder_params, data, persona, questions, layers, site, pooling,
+         max_new_tokens, cache_dir, no_cache, output):
     """Find a steering direction from contrastive data or a persona pair.
 
     Persona answers and activations are cached (under $POLYSTEER_CACHE, default ~/.cache/polysteer), keyed by the
     model, the data and the settings, so running the same command again skips that work.
     """
+    from polysteer.finder import make_finder
     from polysteer.modalities.text.workflow import choose_layers, find_direction
 
+    make_finder(finder, **finder_params)  # unknown parameters fail here, before the model loads
     if cache_dir and no_cache:
         raise PolysteerError("--cache-dir reuses saved activations and --no-cache turns reuse off: give one")
     source, examples = _examples(data, persona, questions, max_new_tokens, not no_cache)
@@ -60,7 +64,7 @@ def find(model_name, device, dtype, finder, data, persona, questions, layers, si
     positives, negatives = examples(model, tokenizer)
     layer_list = choose_layers(layers, TextModality().n_layers(model))
     direction = find_direction(model, tokenizer, positives, negatives, layer_list, finder, site, pooling,
-                               cache_dir, provenance=source, cache=not no_cache)
+                               cache_dir, provenance=source, cache=not no_cache, **finder_params)
     direction.save(output)
     click.echo(f"wrote {output}: {finder} at {', '.join(direction.hook_points)}")
 
