@@ -18,7 +18,8 @@ import polysteer
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = (
     "polysteer",
-    "polysteer.modalities.text", "polysteer.modalities.text.evaluators", "polysteer.modalities.text.sae",
+    "polysteer.modalities.text", "polysteer.modalities.text.evaluators", "polysteer.modalities.text.refusal",
+    "polysteer.modalities.text.sae",
     "polysteer.modalities.text.trained", "polysteer.modalities.music", "polysteer.modalities.vision_language",
     "polysteer.plugins.detection", "polysteer.plugins.finders", "polysteer.plugins.operators", "polysteer.plugins.rfm",
     "polysteer.plugins.sae", "polysteer.plugins.schedules",

@@ -45,10 +45,11 @@ def register_evaluators(register):
     from polysteer.modalities.text.evaluators.detector import DetectorScore
     from polysteer.modalities.text.evaluators.instructions import InstructionFollowing
     from polysteer.modalities.text.evaluators.judges import ConceptSimilarity, KeywordJudge, Perplexity
+    from polysteer.modalities.text.evaluators.refusal import QAAccuracy, RefusalRate
     from polysteer.modalities.text.evaluators.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 
     for evaluator in (KeywordJudge, ConceptSimilarity, Perplexity, ConceptScore, InstructionScore, FluencyScore,
-                      AxBenchScore, DetectorScore, Consistency, InstructionFollowing):
+                      AxBenchScore, DetectorScore, Consistency, InstructionFollowing, RefusalRate, QAAccuracy):
         register(evaluator)
 
 

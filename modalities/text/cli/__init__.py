@@ -1,4 +1,4 @@
-"""The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae."""
+"""The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae, refusal."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _COMMANDS = {  # module -> its commands, in the order `polysteer --help` lists t
     "attribution": ("attribute",),
     "detect": ("detect",),
     "sae": ("explain", "sae"),
+    "refusal": ("refusal",),
 }
 
 
