@@ -122,6 +122,13 @@ class _Compiled:
         self.checked_norm = not isinstance(self.operator, _add_class())
         self.span, self.branch, self.modality = iv.span, iv.branch, modality
 
+    def vector_for(self, h: torch.Tensor) -> torch.Tensor:
+        """The vector on ``h``'s device and in its dtype: cast here when the module's parameters did not say
+        (offloaded weights, a block without parameters, a model moved after the plan was compiled)."""
+        if self.vector.device != h.device or self.vector.dtype != h.dtype:
+            self.vector = self.vector.to(device=h.device, dtype=h.dtype)
+        return self.vector
+
     def is_zero(self) -> bool:
         return self.scalar == 0.0 or (self.row_coef is not None and not self.row_coef.any())
 
@@ -197,7 +204,7 @@ def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> 
         if not c.checked_norm:
             _warn_if_far(c, coef, h)
         current = h if out is None else out
-        new = c.operator(current, c.vector, coef)
+        new = c.operator(current, c.vector_for(current), coef)
         out = torch.where(coef != 0, new, current) if torch.is_tensor(coef) else new
     return out
 

@@ -182,3 +182,19 @@ def test_a_vector_far_larger_than_the_activations_warns_once(llama):
         warnings.simplefilter("error")
         with torch.no_grad(), steer(llama, Intervention(vec(llama), HP, 1e-3)):
             llama(input_ids=ids)
+
+
+def test_the_vector_is_cast_at_hook_time_when_the_model_changes_dtype_inside_the_block(llama):
+    import copy
+
+    model = copy.deepcopy(llama)
+    ids = torch.randint(4, 100, (1, 5))
+    plan = Intervention(vec(model), HP, 0.5)
+    with steer(model, plan):
+        model.to(torch.bfloat16)  # compiled for float32 weights; the hook must follow the activations
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    assert not torch.equal(out, plain)

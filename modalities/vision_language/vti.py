@@ -141,9 +141,10 @@ class TokenRotate(Operator):
 
     def __call__(self, h, v, coef):
         table = self.directions if h.shape[-2] == len(self.directions) else F.normalize(v.float(), dim=-1)
-        norm = h.norm(dim=-1, keepdim=True)
-        mixed = h / norm.clamp_min(1e-12) + (self.gain * coef) * table.to(h)
-        return norm * mixed / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        x = h.float()  # as in ``rotate``: float16 rounds the 1e-12 floor to 0, so a zero row would give NaN
+        norm = x.norm(dim=-1, keepdim=True)
+        mixed = x / norm.clamp_min(1e-12) + (self.gain * coef) * table.to(x.device)
+        return (norm * mixed / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(h.dtype)
 
 
 def vti_plan(direction: Direction, alpha_vision: float | None = None, alpha_text: float | None = None) -> Plan:

@@ -31,9 +31,11 @@ class Rotate(Operator):
         self.gain = gain
 
     def __call__(self, h, v, coef):
-        norm = h.norm(dim=-1, keepdim=True)
-        mixed = h / norm.clamp_min(1e-12) + (self.gain * coef) * _unit(v)
-        return norm * mixed / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        # in float32: float16 rounds the 1e-12 floor to 0 (a zero padding row gives 0/0 = NaN) and overflows norms
+        x = h.float()
+        norm = x.norm(dim=-1, keepdim=True)
+        mixed = x / norm.clamp_min(1e-12) + (self.gain * coef) * _unit(v.float())
+        return (norm * mixed / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(h.dtype)
 
 
 class Clamp(Operator):
