@@ -285,3 +285,14 @@ def test_gpu_script_skips_cleanly_without_cuda():
     done = subprocess.run([sys.executable, str(GPU_SCRIPT)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "SKIP: no CUDA device"
+
+
+def test_a_musicgen_folder_loaded_in_bfloat16_keeps_its_codec_exact(tmp_path):
+    from polysteer.modalities.music.models import load_music_model, tiny_musicgen
+
+    saved, _ = tiny_musicgen("transformers")
+    saved.save_pretrained(tmp_path)
+    model, _ = load_music_model(str(tmp_path), backend="transformers", device="cpu", dtype="bfloat16")
+    assert next(model.decoder.parameters()).dtype == torch.bfloat16
+    codec = model.audio_encoder.state_dict()
+    assert all(torch.equal(codec[k], v) for k, v in saved.audio_encoder.state_dict().items())

@@ -89,7 +89,8 @@ def _load_transformers(name_or_path: str, source: str, device: torch.device, dty
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        # float32 first, then ``_place`` casts all but the codec: loading in ``dtype`` would round the codec too
+        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         raise PolysteerError(f"cannot load MusicGen {name_or_path!r} with transformers: {first_line(exc)}") from None
