@@ -20,4 +20,5 @@ case ",$extras," in *,dev,*)
     apt install -y -q chromium chromium-driver || { apt update -q && apt install -y -q chromium chromium-driver; }
   fi ;;
 esac
+"$venv/bin/polysteer" --help >/dev/null  # saves the command list, so later --help imports no plugin
 echo "polysteer installed in $venv"
