@@ -177,6 +177,8 @@ def test_sweep_writes_table_and_plot(model_dir, direction_file, tmp_path, invoke
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| text.blocks.1.resid_post | 0.000 | 2 |" in table and "| text.blocks.1.resid_post | 4.000 | 2 |" in table
     assert "text.blocks.2" not in table
+    assert "- `perplexity`: **median**" in table and "- `distinct`: " in table and "- `keyword`: " in table
+    assert "### text.blocks.1.resid_post, coef 4\n\n- *tell me about the day* -> " in table
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert len(rows) == 4 and {r["coef"] for r in rows} == {0.0, 4.0}

@@ -2,6 +2,9 @@
 ``polysteer music`` commands, on tiny random MusicGens."""
 
 import json
+import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from polysteer import Direction, PolysteerError
 from polysteer.cli import main
 from polysteer.modalities.music import synth
 from polysteer.modalities.music.audio import read_audio
-from polysteer.modalities.music.generation import build_plan
+from polysteer.modalities.music.generation import build_plan, generate_audio, token_divergence
 from polysteer.modalities.music.models import tiny_musicgen
 from polysteer.modalities.music.workflow import Concept, balanced_split, find_concepts, fit_concept
 from polysteer.plugins.rfm import MUSICRFM_POWER, layer_weights
@@ -156,6 +159,74 @@ def test_cli_generate_defaults_to_the_direction_model(fits, tmp_path, invoke):
                     "-o", tmp_path / "x.wav")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "x.wav").exists()
+
+
+def test_step_tokens_show_steering_that_the_tiny_audio_hides(hf, fits):
+    model, tokenizer = hf
+    plan = build_plan(model, [fits["note:E"].direction], [50.0], [None])
+    runs = {}
+    for name, run_plan in (("base", None), ("again", None), ("steered", plan)):
+        runs[name] = []
+        generate_audio(model, ["lofi piano"], run_plan, 0.2, tokenizer, sample=False, tokens=runs[name],
+                       progress=False)
+    assert len(runs["base"]) == 10 + 4 - 2  # 10 frames, 3 steps of codebook delay, the last step unseen
+    assert all(t.shape == (1, 4) for t in runs["base"])
+    same = token_divergence(runs["again"], runs["base"])
+    assert same.first is None and same.fraction == 0.0
+    steered = token_divergence(runs["steered"], runs["base"])
+    assert steered.first is not None and steered.differs[steered.first] and not any(steered.differs[:steered.first])
+    assert steered.fraction == sum(steered.differs) / len(steered.differs) > 0
+
+
+def test_cli_generate_compare_writes_both_wavs_and_a_plot(fits, tmp_path, invoke):
+    from PIL import Image
+
+    path = fits["note:E"].direction.save(tmp_path / "e.safetensors")
+    result = invoke("music", "generate", "rock", "-d", f"{path}@50", "--schedule", "window:0.1s-0.3s", "--seconds",
+                    "0.3", "--greedy", "--compare", "-o", tmp_path / "out.wav")
+    assert result.exit_code == 0, result.output
+    steered, rate = read_audio(tmp_path / "out.wav")
+    unsteered, _ = read_audio(tmp_path / "out.unsteered.wav")
+    assert rate == 16000 and len(steered) == len(unsteered) == int(0.3 * 16000)
+    with Image.open(tmp_path / "out.compare.png") as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 500
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("tokens: "))
+    first = int(line.split("step ")[1].split()[0])
+    assert 5 <= first <= 15  # the window opens at 0.1 s, step 5; tokens may diverge a little later
+    assert "steps differ" in line and "audio: max |steered - unsteered|" in result.output
+
+
+def test_cli_generate_compare_needs_a_direction(invoke, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["music", "generate", "x", "--model", "tiny:transformers", "--compare", "-o", str(tmp_path / "x.wav")])
+    assert "--compare sets steered against unsteered audio" in capsys.readouterr().err
+
+
+def test_third_party_noise_is_dropped_narrowly(caplog):
+    from polysteer.modalities.music.quiet import silence_third_party
+
+    silence_third_party()
+    silence_third_party()  # idempotent
+    config = logging.getLogger("transformers.configuration_utils")
+    assert sum(getattr(f, "polysteer_music", False) for f in config.filters) == 1
+    vocab = "Model config: {} must be `None` or an integer within the vocabulary (between 0 and 63), got {}. x"
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("xformers").warning("WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers "
+                                              "was built for:\n    PyTorch 2.10.0")
+        logging.getLogger("xformers").warning("another xformers warning")
+        config.warning(vocab.format("pad_token_id", 64))
+        config.warning(vocab.format("pad_token_id", 99))
+    assert [r.getMessage() for r in caplog.records] == ["another xformers warning", vocab.format("pad_token_id", 99)]
+
+
+def test_music_generate_stderr_has_no_third_party_noise(tmp_path):
+    out = tmp_path / "a.wav"
+    command = [sys.executable, "-c", "from polysteer.cli import main; main()", "music", "generate", "rock", "--model",
+               "tiny:audiocraft", "--seconds", "0.1", "-o", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert out.exists() and "XFORMERS" not in run.stderr and "must be `None`" not in run.stderr
 
 
 def test_load_music_model_errors(tmp_path):

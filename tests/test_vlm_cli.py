@@ -46,6 +46,63 @@ def test_describe_and_refuse_a_foreign_direction(vti_file, tmp_path):
     assert exit_info.value.code == 1
 
 
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    sample = scene_samples(1)[0]  # a car, a tree and a sun
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    sample.image.save(path)
+    return path, sample.objects
+
+
+def _compare(image, vti_file, *extra):
+    result = run("describe", str(image), "--model", "tiny-llava", "-d", str(vti_file), "--max-new-tokens", "8",
+                 "--compare", *extra)
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+def test_describe_compare_prints_both_captions_and_where_they_diverge(vti_file, scene_png):
+    from polysteer.modalities.vision_language.evaluation import vocabulary_for
+
+    image, objects = scene_png
+    lines = _compare(image, vti_file, "--alpha-text", "0", "--alpha-vision", "0", "--objects", ",".join(objects))
+    assert lines[0] == f"{image}:" and lines[3] == "  tokens: identical at every step"
+    assert lines[1].split("] ", 1)[1] == lines[2].split("] ", 1)[1].strip()
+
+    lines = _compare(image, vti_file, "--alpha-text", "100", "--alpha-vision", "100", "--objects",
+                     ",".join(objects))
+    base, steered = (line.split("] ", 1)[1].strip() for line in lines[1:3])
+    assert base != steered
+    assert lines[3].startswith("  tokens: first differ at step ") and 0 <= int(lines[3].split()[5]) < 8
+    words = vocabulary_for("scenes")
+    for name, caption, line in (("unsteered", base, lines[4]), ("steered", steered, lines[5])):
+        inside = [m for m in dict.fromkeys(words.mentions(caption)) if m in objects]
+        outside = [m for m in dict.fromkeys(words.mentions(caption)) if m not in objects]
+        assert line == (f"  objects ({name}): in the scene: {', '.join(inside) or 'none'}; "
+                        f"not in the scene: {', '.join(outside) or 'none'}")
+
+
+def test_describe_compare_without_objects_lists_mentions(vti_file, scene_png):
+    lines = _compare(scene_png[0], vti_file, "--alpha-text", "100")
+    assert lines[4].startswith("  objects (unsteered): ") and "give --objects" in lines[4]
+
+
+def test_describe_compare_needs_a_direction(scene_png, capsys):
+    from polysteer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["vlm", "describe", str(scene_png[0]), "--model", "tiny-llava", "--compare"])
+    assert "--compare sets steered against unsteered captions" in capsys.readouterr().err
+
+
+def test_first_divergence():
+    from polysteer.modalities.vision_language.generation import first_divergence
+
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
 def test_describe_in_bfloat16_on_cpu(vti_file, tmp_path):
     image = tmp_path / "scene.png"
     scene_samples(1)[0].image.save(image)

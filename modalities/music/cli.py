@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from polysteer.errors import PolysteerError
+from polysteer.modalities.music.quiet import silence_third_party
 from polysteer.option_types import (
     NONNEGATIVE_FLOAT,
     POSITIVE_FLOAT,
@@ -31,6 +32,8 @@ from polysteer.options import (
     schedule_option,
     seed_option,
 )
+
+silence_third_party()  # before audiocraft (and so xformers) is imported by any command
 
 backend_option = click.option("--backend", default="auto", show_default=True,
                               type=CheckedChoice(["auto", "transformers", "audiocraft"]),
@@ -120,17 +123,49 @@ def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, va
               help="Classifier-free guidance scale (1: none).")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of top-k sampling.")
 @click.option("--force", is_flag=True, help="Use a direction made on another model with the same width.")
-@output_option(help="WAV file to write.")
+@click.option("--compare", is_flag=True,
+              help="Also generate unsteered (same seed): write OUTPUT.unsteered.wav and OUTPUT.compare.png "
+                   "(spectrograms, strength over time) and print where the codebook tokens diverge.")
+@output_option(help="WAV file to write (the steered one).")
 def generate(prompt, directions, coef, schedules, branch, seconds, model_name, device, dtype, backend, seed, guidance,
-             greedy, force, output):
-    """Generate a WAV from a text PROMPT, steered by direction files."""
-    from polysteer.direction import Direction
+             greedy, force, compare, output):
+    """Generate a WAV from a text PROMPT, steered by direction files.
+
+    What to expect from tiny:transformers / tiny:audiocraft: their weights are random, so the audio is
+    noise, and their codec ignores its codes: steered and unsteered WAVs match to about 1e-5 however strong
+    the steering. Use --compare to see the steering anyway: it prints the first step whose codebook tokens
+    differ and the share of steps that differ. With sampling, the tiny model's near-uniform logits hide
+    most changes (the same seed draws the same token); --greedy shows them.
+    """
     from polysteer.modalities.music.audio import write_wav
     from polysteer.modalities.music.generation import build_plan, generate_audio
     from polysteer.modalities.music.modality import MusicModality
     from polysteer.modalities.music.models import load_music_model
 
     _check_schedules(schedules, directions)
+    if compare and not directions:
+        raise PolysteerError("--compare sets steered against unsteered audio: give -d FILE[@COEF] too")
+    loaded, model_name, backend = _load_directions(directions, coef, model_name, backend)
+    strengths = _strengths(directions, loaded, schedules)
+    model, tokenizer = load_music_model(model_name, backend, device, dtype)
+    plan = build_plan(model, [d for d, _ in loaded], [c for _, c in loaded], list(schedules) or [None], branch,
+                      force) if loaded else None
+    settings = dict(seconds=seconds, tokenizer=tokenizer, seed=seed, sample=not greedy, guidance=guidance)
+    runs = {"steered": plan, "unsteered": None} if compare else {"steered": plan}
+    audio, tokens = {}, {}
+    for name, run_plan in runs.items():
+        tokens[name] = []
+        audio[name] = generate_audio(model, [prompt], run_plan, tokens=tokens[name], **settings)[0]
+    write_wav(output, audio["steered"], MusicModality().backend(model).sample_rate)
+    click.echo(f"wrote {output}: {audio['steered'].shape[-1]} samples, {len(loaded)} direction(s)")
+    if compare:
+        _report_comparison(model, audio, tokens, strengths, output)
+
+
+def _load_directions(directions: tuple, coef: float, model_name: str | None, backend: str):
+    """``([(Direction, coefficient)], model name, backend)``: the model defaults to the first direction's."""
+    from polysteer.direction import Direction
+
     loaded = [(Direction.load(path), coef if own is None else own) for path, own in directions]
     if not model_name and loaded:  # the model the first direction was made on
         model_name = loaded[0][0].model.get("name")
@@ -138,12 +173,32 @@ def generate(prompt, directions, coef, schedules, branch, seconds, model_name, d
             backend = "audiocraft"
     if not model_name:
         raise PolysteerError("give --model (no direction names the model it was made on)")
-    model, tokenizer = load_music_model(model_name, backend, device, dtype)
-    plan = build_plan(model, [d for d, _ in loaded], [c for _, c in loaded], list(schedules) or [None], branch,
-                      force) if loaded else None
-    audio = generate_audio(model, [prompt], plan, seconds, tokenizer, seed, sample=not greedy, guidance=guidance)
-    write_wav(output, audio[0], MusicModality().backend(model).sample_rate)
-    click.echo(f"wrote {output}: {audio.shape[-1]} samples, {len(loaded)} direction(s)")
+    return loaded, model_name, backend
+
+
+def _strengths(directions: tuple, loaded: list, schedules: tuple) -> list:
+    """Each direction's label, coefficient and effective schedule, for the comparison plot."""
+    from polysteer.modalities.music.compare import Strength
+
+    return [Strength(Path(path).name, c, (schedules[i] if len(schedules) > 1 else schedules[0]) if schedules
+                     else d.schedule) for i, ((path, _), (d, c)) in enumerate(zip(directions, loaded))]
+
+
+def _report_comparison(model, audio: dict, tokens: dict, strengths: list, output: str) -> None:
+    """Write the unsteered WAV and the PNG next to ``output``; print the token divergence."""
+    from polysteer.modalities.music.audio import write_wav
+    from polysteer.modalities.music.compare import companion_paths, divergence_summary, plot_comparison
+    from polysteer.modalities.music.generation import token_divergence
+    from polysteer.modalities.music.modality import MusicModality
+
+    backend = MusicModality().backend(model)
+    unsteered_path, png = companion_paths(output)
+    write_wav(unsteered_path, audio["unsteered"], backend.sample_rate)
+    divergence = token_divergence(tokens["steered"], tokens["unsteered"])
+    steered, unsteered = (np.asarray(audio[k], dtype=np.float64).mean(0) for k in ("steered", "unsteered"))
+    plot_comparison(png, steered, unsteered, backend.sample_rate, strengths, divergence, backend.frame_rate)
+    click.echo(f"wrote {unsteered_path} (unsteered, same seed) and {png}")
+    click.echo(divergence_summary(divergence, backend.frame_rate, float(np.abs(steered - unsteered).max())))
 
 
 def _check_schedules(schedules: tuple[str, ...], directions: tuple) -> None:

@@ -22,7 +22,10 @@ from polysteer.hookpoints import hook_point
 from polysteer.manager import registry
 from polysteer.modalities.music import synth
 from polysteer.modalities.music.modality import MusicModality
+from polysteer.modalities.music.quiet import silence_third_party
 from polysteer.plugins.rfm import layer_weights
+
+silence_third_party()
 
 
 @dataclass(frozen=True)

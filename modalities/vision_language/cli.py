@@ -10,7 +10,7 @@ import click
 
 from polysteer.errors import PolysteerError
 from polysteer.io import write_text_atomic
-from polysteer.option_types import FINITE_FLOAT, POSITIVE_INT, PROBABILITY, CheckedChoice, input_type
+from polysteer.option_types import FINITE_FLOAT, POSITIVE_INT, PROBABILITY, CheckedChoice, input_type, words_type
 from polysteer.options import (
     combine,
     direction_option,
@@ -120,19 +120,86 @@ def find_command(model_name, device, dtype, demos, finder, layers, site, operato
 @steer_options
 @prompt_option
 @max_new_tokens_option(64, help="Caption length.")
-def describe(images, model_name, device, dtype, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens):
-    """Caption IMAGES, steered by --direction when given."""
+@click.option("--compare", is_flag=True,
+              help="Caption unsteered too: print both captions, the first token step where they differ, and "
+                   "which objects each mentions (in the scene or not, with --objects).")
+@click.option("--objects", type=words_type,
+              help="With --compare: the objects really in the image(s), comma-separated (e.g. car,tree,sun).")
+@click.option("--vocabulary", type=CheckedChoice(["coco", "scenes"]),
+              help="With --compare: the object words to look for (default: scenes for tiny- models, else coco).")
+def describe(images, model_name, device, dtype, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens,
+             compare, objects, vocabulary):
+    """Caption IMAGES, steered by --direction when given.
+
+    What to expect from tiny-llava / tiny-idefics3: their weights are random, so captions are strings of
+    scene words, and a steered caption often matches the unsteered one at the default strength (VTI's
+    default turns each steered output by at most about 5 degrees). Use --compare to see where steering changes
+    the tokens, and raise --alpha-text / --alpha-vision to see more.
+    """
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
-    from polysteer.modalities.vision_language.generation import describe as run_describe
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
     _check_steering(direction, alpha_vision, alpha_text)
+    if compare and not direction:
+        raise PolysteerError("--compare sets steered against unsteered captions: give -d FILE too")
+    if (objects or vocabulary) and not compare:
+        raise PolysteerError("--objects and --vocabulary check the captions of --compare: add --compare")
     pictures = [_open_image(path) for path in images]
     model, processor = load_vlm(model_name, device, dtype)
     plan = direction_plan(model, direction, alpha_vision, alpha_text, force) if direction else None
-    for path, caption in zip(images, run_describe(model, processor, pictures, prompt or DESCRIBE_PROMPT, plan=plan,
-                                                  max_new_tokens=max_new_tokens)):
-        click.echo(f"{path}: {caption}")
+    runs = {"steered": plan, "unsteered": None} if compare else {"steered": plan}
+    captions = _captions(model, processor, pictures, prompt or DESCRIBE_PROMPT, runs, max_new_tokens)
+    if not compare:
+        for path, (caption, _) in zip(images, captions["steered"]):
+            click.echo(f"{path}: {caption}")
+        return
+    words = _vocabulary(vocabulary, model_name)
+    for i, path in enumerate(images):
+        _echo_comparison(path, {name: captions[name][i] for name in ("unsteered", "steered")}, words, objects)
+
+
+def _captions(model, processor, pictures: list, prompt: str, runs: dict, max_new_tokens: int) -> dict:
+    """``{run name: [(caption, token ids)] per image}`` for each named plan."""
+    from polysteer.modalities.vision_language.generation import generate_ids
+
+    decode = processor.tokenizer.decode
+    out = {}
+    for name, plan in runs.items():
+        ids = generate_ids(model, processor, pictures, [prompt] * len(pictures), plan, max_new_tokens)
+        out[name] = [(decode(row, skip_special_tokens=True).strip(), row) for row in ids]
+    return out
+
+
+def _vocabulary(vocabulary: str | None, model_name: str):
+    """The object vocabulary asked for; by default the scenes' for the tiny models (it is their vocabulary)."""
+    from polysteer.modalities.vision_language.evaluation import vocabulary_for
+    from polysteer.modalities.vision_language.workflow import TINY_PREFIX
+
+    return vocabulary_for(vocabulary or ("scenes" if model_name.startswith(TINY_PREFIX) else "coco"))
+
+
+def _echo_comparison(path: str, runs: dict, words, objects: list[str] | None) -> None:
+    """Both captions of one image, where their tokens diverge, and the objects each mentions."""
+    from polysteer.modalities.vision_language.generation import first_divergence
+
+    (base, base_ids), (steered, steered_ids) = runs["unsteered"], runs["steered"]
+    click.echo(f"{path}:")
+    click.echo(f"  [unsteered] {base}")
+    click.echo(f"  [steered]   {steered}")
+    step = first_divergence(base_ids, steered_ids)
+    click.echo("  tokens: identical at every step" if step is None else
+               f"  tokens: first differ at step {step} of {max(len(base_ids), len(steered_ids))}")
+    truth = {words.canonical(o) for o in objects or ()}
+    for name, caption in (("unsteered", base), ("steered", steered)):
+        mentioned = list(dict.fromkeys(words.mentions(caption)))
+        if not objects:
+            listed = ", ".join(mentioned) or "none"
+            click.echo(f"  objects ({name}): {listed} (give --objects to check them against the scene)")
+            continue
+        inside = [m for m in mentioned if m in truth]
+        outside = [m for m in mentioned if m not in truth]
+        click.echo(f"  objects ({name}): in the scene: {', '.join(inside) or 'none'}; "
+                   f"not in the scene: {', '.join(outside) or 'none'}")
 
 
 @vlm.command(name="eval")

@@ -67,20 +67,57 @@ def generate(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answer per (image, prompt), steered by ``plan`` (applied to every row)."""
+    ids = generate_ids(model, processor, images, prompts, plan, max_new_tokens, batch_size, progress)
+    return [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generate_ids(model, processor, images: Sequence[Image.Image], prompts: Sequence[str], plan: Plan | None = None,
+                 max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True) -> list[list[int]]:
+    """The generated token ids per (image, prompt), greedy, steered by ``plan`` (rows of a batch padded alike)."""
     if len(images) != len(prompts):
         raise PolysteerError(f"need one prompt per image, got {len(prompts)} prompts for {len(images)} images")
     plan = as_plan(plan) if plan is not None else None
     device, dtype = _model_place(model)
-    outputs: list[str] = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="generating", leave=False, disable=not progress or len(starts) == 1):
-        texts = [format_prompt(processor, p) for p in prompts[start : start + batch_size]]
-        batch = encode(processor, images[start : start + batch_size], texts, device, dtype)
-        pad = processor.tokenizer.pad_token_id
-        with torch.no_grad(), (steer(model, plan) if plan is not None else nullcontext()):
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-        outputs += processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [text.strip() for text in outputs]
+    pad = processor.tokenizer.pad_token_id
+    outputs: list[list[int]] = []
+    with tqdm(total=len(images) * max_new_tokens, desc="generating", unit="token", leave=False,
+              disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            texts = [format_prompt(processor, p) for p in prompts[start : start + batch_size]]
+            batch = encode(processor, images[start : start + batch_size], texts, device, dtype)
+            with torch.no_grad(), (steer(model, plan) if plan is not None else nullcontext()), \
+                    _TokenTicks(model, bar, len(texts)):
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            outputs += out[:, batch["input_ids"].shape[1]:].tolist()
+            bar.update((start + len(texts)) * max_new_tokens - bar.n)  # the tokens of rows that stopped early
+    return outputs
+
+
+class _TokenTicks:
+    """Advances a progress bar by the batch's rows at each forward pass after the prompt (one per new token)."""
+
+    def __init__(self, model, bar, rows: int):
+        self.module, self.bar, self.rows, self.handle, self.calls = model, bar, rows, None, 0
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self._tick)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def _tick(self, module, args) -> None:
+        self.calls += 1
+        if self.calls > 1:  # the first forward reads the prompt and yields the first token
+            self.bar.update(self.rows)
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first token step where two generations differ (a length difference counts), or None if equal."""
+    for step, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return step
+    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def describe(model, processor, images: Sequence[Image.Image], prompt: str = DESCRIBE_PROMPT, **kwargs) -> list[str]:

@@ -17,8 +17,15 @@ from polysteer.modalities.text.cli.attribution import attribution_points
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.models import load_text_model
 from polysteer.modalities.text.presets import EVAL_PROMPTS
-from polysteer.modalities.text.sweep import markdown_table, plot, score_rows, summarize, sweep_direction
-from polysteer.option_types import POSITIVE_INT, CheckedChoice, input_type, words_type
+from polysteer.modalities.text.sweep import (
+    markdown_table,
+    plot,
+    score_rows,
+    summarize,
+    sweep_direction,
+    sweep_markdown,
+)
+from polysteer.option_types import NONNEGATIVE_INT, POSITIVE_INT, CheckedChoice, input_type, words_type
 from polysteer.options import coefs_option, direction_option, layers_option, max_new_tokens_option, output_option
 
 
@@ -37,17 +44,23 @@ from polysteer.options import coefs_option, direction_option, layers_option, max
               help="attribution: rank the file's layers by gradient attribution of --keywords, sweep the best.")
 @click.option("--top-layers", default=1, show_default=True, type=POSITIVE_INT,
               help="With --rank-layers: how many layers to sweep.")
+@click.option("--samples", default=2, show_default=True, type=NONNEGATIVE_INT,
+              help="Texts shown per cell in sweep.md (the same first prompts in every cell; all are in sweep.json).")
 @click.option("--force", is_flag=True, help="Use a direction made for another model configuration.")
 @output_option("dir", help="Folder for sweep.md, sweep.json and sweep.png.")
 def sweep(model_name, device, dtype, direction, prompts_file, coefs, layers, concept, keywords, max_new_tokens,
-          rank_layers, top_layers, force, output):
-    """Sweep coefficients x layers; write a table and a concept-vs-fluency plot."""
+          rank_layers, top_layers, samples, force, output):
+    """Sweep coefficients x layers; write a table and a concept-vs-fluency plot.
+
+    sweep.md defines every column (perplexity is a median, distinct a repetition check, concept and keyword
+    the concept scores) and shows sample texts per cell; one progress bar counts the tokens of every cell.
+    """
     if not concept and not keywords:
         raise PolysteerError("give --concept DESCRIPTION and/or --keywords a,b,c to score the concept")
     if rank_layers == "attribution" and not keywords:
         raise PolysteerError("--rank-layers attribution scores concept tokens: give --keywords a,b,c")
     prompts = read_lines(prompts_file, "prompts") if prompts_file else list(EVAL_PROMPTS)
-    direction = Direction.load(direction)
+    path, direction = direction, Direction.load(direction)
     points = _chosen_points(direction.hook_points, layers)
     model, tokenizer = load_text_model(model_name, device, dtype)
     modality = TextModality()
@@ -56,13 +69,22 @@ def sweep(model_name, device, dtype, direction, prompts_file, coefs, layers, con
         points = attribution_points(model, tokenizer, direction, prompts, keywords, points, top_layers)
     rows = sweep_direction(model, tokenizer, direction, prompts, coefs, points, max_new_tokens)
     table = summarize(score_rows(rows, model, tokenizer, concept, keywords))
-    out = Path(output)
+    context = {"direction": f"`{Path(path).name}`", "model": f"`{model_name}`",
+               "prompts": f"{len(prompts)} ({prompts_file or 'built-in neutral prompts'})",
+               "max new tokens": str(max_new_tokens), "concept": f"'{concept}'" if concept else "-",
+               "keywords": ", ".join(keywords) if keywords else "-"}
+    _write(Path(output), rows, table, context, samples, "concept" if concept else "keyword")
+
+
+def _write(out: Path, rows: list[dict], table: list[dict], context: dict, samples: int, score_key: str) -> None:
+    """sweep.json (every text and score), sweep.md (table, column definitions, samples) and sweep.png."""
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.json", json.dumps(rows, indent=1))
-    write_text_atomic(out / "sweep.md", markdown_table(table))
-    plot(table, out / "sweep.png", "concept" if concept else "keyword")
+    write_text_atomic(out / "sweep.md", sweep_markdown(table, rows, context, samples))
+    plot(table, out / "sweep.png", score_key)
     click.echo(markdown_table(table))
-    click.echo(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    click.echo(f"wrote {out / 'sweep.md'} (with each column's definition and sample texts), {out / 'sweep.json'}, "
+               f"{out / 'sweep.png'}")
 
 
 def _chosen_points(hook_points: list[str], layers: str | None) -> list[str]:
