@@ -145,6 +145,12 @@ def test_cli_find_generate_eval(model_dir, tmp_path, invoke):
     assert rate == 16000 and len(base) == int(0.4 * 16000)
     assert not np.array_equal(base, read_audio(wavs["steered"])[0])
 
+    result = invoke("music", "find", "--concept", "note:E", "--model", model_dir, "--finder", "rfm",
+                    "--finder-param", "bandwidth=median", "--finder-param", "iters=2", "--seconds", "0.3",
+                    "--variants", "1", "--layers", "1", "-o", tmp_path / "rfm.safetensors")
+    assert result.exit_code == 0, result.output
+    assert Direction.load(tmp_path / "rfm.safetensors").finder["params"]["bandwidth"] == "median"
+
     result = invoke("music", "eval", wavs["steered"], wavs["base"], "--target-note", "E", "--tempo",
                     "--reference", wavs["base"], "--model", model_dir)
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from polysteer import Direction
+from polysteer import Direction, PolysteerError
 from polysteer.cli import get_cli
 from polysteer.modalities.vision_language.dataset import scene_samples
 
@@ -130,6 +130,17 @@ def test_find_with_diffmean(tmp_path):
     result = run("find", "--model", "tiny-llava", "--demos", "scenes:3", "--layers", "1", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert Direction.load(out).hook_points == ["text.blocks.1.resid_post"]
+
+
+def test_find_takes_finder_parameters(tmp_path):
+    out = tmp_path / "probe.safetensors"
+    result = run("find", "--model", "tiny-llava", "--demos", "scenes:3", "--layers", "1", "--finder", "probe",
+                 "--finder-param", "C=0.01", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert Direction.load(out).finder["params"]["C"] == 0.01
+    with pytest.raises(PolysteerError, match="'probe' has no parameter 'k'"):
+        run("find", "--model", "tiny-llava", "--demos", "scenes:3", "--finder", "probe", "--finder-param", "k=3",
+            "-o", str(out))
 
 
 def test_vti_chair_benchmark_runs_end_to_end(tmp_path):

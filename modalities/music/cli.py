@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from polysteer.errors import PolysteerError
+from polysteer.finder import make_finder
 from polysteer.modalities.music.quiet import silence_third_party
 from polysteer.option_types import (
     NONNEGATIVE_FLOAT,
@@ -25,6 +26,7 @@ from polysteer.options import (
     coef_option,
     direction_option,
     finder_option,
+    finder_param_option,
     layers_option,
     model_options,
     output_option,
@@ -73,6 +75,7 @@ def _concept(spec: str, option: str) -> str:
 @model_options(required=True, help="Local path or hub id; tiny:transformers for a dry run.")
 @backend_option
 @finder_option(None, help="Registered finder (default: rfm if installed, else diffmean).")
+@finder_param_option()
 @layers_option(help="Decoder blocks to probe (default: all).")
 @click.option("--top-k", type=POSITIVE_INT, help="Keep only the k layers with the best validation AUC.")
 @click.option("--variants", default=2, show_default=True, type=POSITIVE_INT,
@@ -86,19 +89,20 @@ def _concept(spec: str, option: str) -> str:
 @click.option("--cache-dir", type=output_type("dir"), help="Reuse activations saved here.")
 @output_option("file-or-dir", help="Direction file for one concept; for several, a folder that gets one file per "
                "concept.")
-def find(concepts, model_name, device, dtype, backend, finder, layers, top_k, variants, seconds, octaves, val_fraction,
-         seed, cache_dir, output):
+def find(concepts, model_name, device, dtype, backend, finder, finder_params, layers, top_k, variants, seconds, octaves,
+         val_fraction, seed, cache_dir, output):
     """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted)."""
     from polysteer.modalities.music.modality import MusicModality
     from polysteer.modalities.music.models import load_music_model
-    from polysteer.modalities.music.workflow import find_concepts
+    from polysteer.modalities.music.workflow import default_finder, find_concepts
 
+    make_finder(finder or default_finder(), **finder_params)  # unknown parameters fail before the model loads
     several = len(set(concepts)) > 1
     check_output_path(output, "dir" if several else "file", "--output")
     model, _ = load_music_model(model_name, backend, device, dtype)
     layer_list = resolve_layers(layers, MusicModality().n_layers(model))
     fits = find_concepts(model, concepts, layer_list, finder, seconds, variants, val_fraction, top_k, seed,
-                         cache_dir, octaves)
+                         cache_dir, octaves, **finder_params)
     for fit in fits.values():
         path = Path(output) / f"{fit.concept.slug}.safetensors" if len(fits) > 1 else Path(output)
         fit.direction.save(path)

@@ -9,12 +9,14 @@ from pathlib import Path
 import click
 
 from polysteer.errors import PolysteerError
+from polysteer.finder import make_finder
 from polysteer.io import write_text_atomic
 from polysteer.option_types import FINITE_FLOAT, POSITIVE_INT, PROBABILITY, CheckedChoice, input_type, words_type
 from polysteer.options import (
     combine,
     direction_option,
     finder_option,
+    finder_param_option,
     layers_option,
     max_new_tokens_option,
     model_options,
@@ -91,23 +93,26 @@ def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha
 @vlm_model_options
 @demos_option
 @finder_option()
+@finder_param_option()
 @layers_option(help="Text-tower blocks (default: all).")
 @site_option()
 @operator_option("add", help="Operator stored as the file's default.")
 @prompt_option
 @output_option(help="Direction file to write (.safetensors).")
-def find_command(model_name, device, dtype, demos, finder, layers, site, operator, prompt, output):
+def find_command(model_name, device, dtype, demos, finder, finder_params, layers, site, operator, prompt, output):
     """Fit any finder (DiffMean, RFM, ...) on clean vs hallucinated captions of the demo images."""
     from polysteer.modalities.vision_language.dataset import demo_pairs, load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
     from polysteer.modalities.vision_language.modality import VisionLanguageModality
     from polysteer.modalities.vision_language.workflow import caption_direction, load_vlm
 
+    make_finder(finder, **finder_params)  # unknown parameters fail before the model loads
     samples = load_samples(demos)
     demo_pairs(samples)
     model, processor = load_vlm(model_name, device, dtype)
     chosen = resolve_layers(layers, VisionLanguageModality().n_layers(model, "text"))
-    direction = caption_direction(model, processor, samples, finder, chosen, site, prompt=prompt or DESCRIBE_PROMPT)
+    direction = caption_direction(model, processor, samples, finder, chosen, site, prompt=prompt or DESCRIBE_PROMPT,
+                                  **finder_params)
     direction.operator = operator
     direction.provenance["demos"] = demos
     direction.save(output)
