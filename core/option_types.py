@@ -64,6 +64,10 @@ class _CheckedRange:
             return f"{self.noun} {'<' if self.max_open else '<='} {high}"
         return f"finite {self.noun}" if self.noun == "number" else self.noun
 
+    def _describe_range(self) -> str:
+        """What ``--help`` shows beside the option (click's own would print ``x<=None`` for an open range)."""
+        return self.describe()
+
     def convert(self, value, param, ctx):
         option = option_name(param)
         number = self._number(value)

@@ -317,7 +317,9 @@ def test_every_option_is_checked_while_parsing():
 
 def test_help_shows_ranges_and_the_overwrite_rule():
     result = click.testing.CliRunner().invoke(get_cli(), ["generate", "--help"])
-    assert "x>=1" in result.output
+    assert "integer >= 1]" in result.output and "None" not in result.output
+    result = click.testing.CliRunner().invoke(get_cli(), ["vlm", "describe", "--help"])
+    assert "[finite number]" in result.output and "x<=None" not in result.output
     result = click.testing.CliRunner().invoke(get_cli(), ["find", "--help"])
     assert "replaced" in result.output and "atomically" in result.output
 

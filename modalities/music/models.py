@@ -18,6 +18,9 @@ import torch
 from polysteer.device import resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
 from polysteer.hub import first_line, resolve_model_source
+from polysteer.modalities.music.quiet import silence_third_party
+
+silence_third_party()  # Python API users load models without the CLI, and meet the same noise
 
 TINY = {"tiny:transformers": "transformers", "tiny:audiocraft": "audiocraft"}
 BACKEND_NAMES = ("auto", "transformers", "audiocraft")
