@@ -1,4 +1,5 @@
-"""The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae, refusal."""
+"""The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae, serve,
+refusal."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ _COMMANDS = {  # module -> its commands, in the order `polysteer --help` lists t
     "attribution": ("attribute",),
     "detect": ("detect",),
     "sae": ("explain", "sae"),
+    "serve": ("serve",),
     "refusal": ("refusal",),
 }
 
