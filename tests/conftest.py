@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -6,6 +7,10 @@ from click.testing import CliRunner
 from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# tests/vllm runs in the separate vLLM venv (scripts/install-vllm.sh): `.venv-vllm/bin/python -m pytest tests/vllm`.
+# (tests/vllm itself looks like a namespace package `vllm` from here: only a real one, with an origin, counts.)
+collect_ignore = [] if getattr(importlib.util.find_spec("vllm"), "origin", None) else ["vllm"]
 
 # Property tests check behaviour, never wall time: a busy 2-core CI machine must not fail them on a deadline.
 settings.register_profile("polysteer", deadline=None)
