@@ -29,7 +29,8 @@ from polysteer.option_types import (
 )
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-DEVICE_HELP = "Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."
+DEVICE_HELP = ("Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N, mps, or map (text and "
+               "vision-language models larger than one GPU: spread over every GPU, then CPU, by accelerate).")
 DTYPE_HELP = "Weight precision; auto is bfloat16 on a GPU and float32 on CPU."
 COEFS_HELP = "Comma-separated coefficients, e.g. 0,1,2,4."
 

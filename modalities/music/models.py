@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polysteer.device import resolve_device, resolve_dtype
+from polysteer.device import SPREAD, resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
 from polysteer.hub import first_line, resolve_model_source
 from polysteer.modalities.music.quiet import silence_third_party
@@ -45,6 +45,9 @@ def load_music_model(name_or_path: str, backend: str = "auto", device: str | tor
     """
     if backend not in BACKEND_NAMES:
         raise PolysteerError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
+    if str(device) == SPREAD:
+        raise PolysteerError("--device map spreads text and vision-language models over several GPUs; MusicGen "
+                             "(3.3B at most) fits one: use --device cuda")
     place = resolve_device(device)
     precision = resolve_dtype(dtype, place)
     if name_or_path in TINY:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from polysteer.device import resolve_device, resolve_dtype
+from polysteer.device import device_map, resolve_device, resolve_dtype
 from polysteer.errors import PolysteerError
 from polysteer.hub import first_line, resolve_model_source
 
@@ -70,7 +70,8 @@ def load_text_model(name_or_path: str | None = None, device: str | torch.device 
 
     Args:
         name_or_path: an HF folder or hub id; ``None`` or ``'smollm2'`` is the embedded default.
-        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        device: ``auto`` (CUDA, then MPS, else CPU), a torch device name, or ``map``: spread over every GPU (then
+            CPU) by accelerate, for models larger than one GPU.
         dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
     place = resolve_device(device)
@@ -81,11 +82,11 @@ def load_text_model(name_or_path: str | None = None, device: str | torch.device 
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision, device_map=device_map(device))
     except OSError as exc:
         raise PolysteerError(f"cannot load model {name_or_path!r}: {first_line(exc)}") from None
     if name_or_path not in (None, DEFAULT_MODEL):  # the name as given: a hub id, even when read from the cache
         model.config._name_or_path = str(name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(place).eval(), tokenizer
+    return (model if device_map(device) else model.to(place)).eval(), tokenizer

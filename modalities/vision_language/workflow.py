@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from polysteer.device import resolve_device, resolve_dtype
+from polysteer.device import device_map, resolve_device, resolve_dtype
 from polysteer.direction import Direction
 from polysteer.engine import Plan
 from polysteer.errors import PolysteerError
@@ -30,7 +30,7 @@ def load_vlm(name_or_path: str, device: str | torch.device = "auto", dtype: str 
 
     Args:
         name_or_path: ``tiny-llava`` / ``tiny-idefics3`` (random, offline) or an HF folder or hub id.
-        device: ``auto`` (CUDA, then MPS, else CPU) or a torch device name.
+        device: ``auto`` (CUDA, then MPS, else CPU), a torch device name, or ``map`` (spread over the GPUs).
         dtype: ``auto`` (bfloat16 on a GPU, float32 on CPU), a name such as ``bfloat16``, or a torch dtype.
     """
     place = resolve_device(device)
@@ -45,11 +45,11 @@ def load_vlm(name_or_path: str, device: str | torch.device = "auto", dtype: str 
 
     try:
         processor = AutoProcessor.from_pretrained(source)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=precision)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=precision, device_map=device_map(device))
     except OSError as exc:
         raise PolysteerError(f"cannot load vision-language model {name_or_path!r}: {first_line(exc)}") from None
     model.config._name_or_path = str(name_or_path)  # the hub id as given, even when read from the cache
-    return model.to(place).eval(), processor
+    return (model if device_map(device) else model.to(place)).eval(), processor
 
 
 def _layers(model, tower: str, layers: Sequence[int] | None) -> list[int]:
