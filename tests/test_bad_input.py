@@ -125,7 +125,7 @@ ROWS = [
      "constant -o {out}/x.wav", "got 2 --schedule values for 1 directions"),
     ("vlm describe --alpha-text without -d", f"vlm describe {{in}}/prompts.txt {VLM} --alpha-text 2",
      "--alpha-vision and --alpha-text set a direction's strengths"),
-    ("detect -p without --finder", f"detect {TEXT} --texts {{in}}/prompts.txt -d {{d}} -p k=1",
+    ("detect --finder-param without --finder", f"detect {TEXT} --texts {{in}}/prompts.txt -d {{d}} --finder-param k=1",
      "--finder-param sets --finder parameters"),
     ("find --questions with --data", f"find {TEXT} --data {{in}}/pairs.jsonl --questions {{in}}/prompts.txt -o {OUT}",
      "--questions goes with --persona"),
