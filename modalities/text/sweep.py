@@ -16,6 +16,7 @@ from polysteer.hookpoints import HookPoint
 from polysteer.io import atomic_write
 from polysteer.modalities.text.evaluators.judges import ConceptSimilarity, KeywordJudge, Perplexity, distinct_ratio
 from polysteer.modalities.text.generation import generate
+from polysteer.progress import TokenTicks
 
 #: What each column of the summary table means, as written into ``sweep.md``.
 COLUMNS = {
@@ -48,31 +49,12 @@ def sweep_direction(model, tokenizer, direction: Direction, prompts, coefs, hook
                 rows = [(p, c) for p in chunk for c in coefs]
                 bar.set_postfix_str(f"{hp}, prompts {start + 1}-{start + len(chunk)} of {len(prompts)}")
                 plan = direction.to_plan([c for _, c in rows], hook_points=[hp])
-                with _TokenTicks(model, bar, len(rows)):
+                with TokenTicks(model, bar, len(rows)):
                     texts = generate(model, tokenizer, [p for p, _ in rows], plan, max_new_tokens=max_new_tokens,
                                      batch_size=len(rows), progress=False)
                 results += [{"hook_point": hp, "coef": c, "prompt": p, "text": t} for (p, c), t in zip(rows, texts)]
                 bar.update(len(results) * max_new_tokens - bar.n)  # rows that stopped before max_new_tokens
     return results
-
-
-class _TokenTicks:
-    """Advances a progress bar by the batch's rows at each forward pass after the prompt (one per new token)."""
-
-    def __init__(self, model, bar, rows: int):
-        self.model, self.bar, self.rows, self.handle, self.calls = model, bar, rows, None, 0
-
-    def __enter__(self):
-        self.handle = self.model.register_forward_pre_hook(self._tick)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-
-    def _tick(self, module, args) -> None:
-        self.calls += 1
-        if self.calls > 1:  # the first forward reads the prompt and yields the first token
-            self.bar.update(self.rows)
 
 
 def score_rows(rows, model, tokenizer, concept: str | None, keywords):

@@ -14,6 +14,7 @@ from polysteer.engine import Plan, as_plan, steer
 from polysteer.errors import PolysteerError
 from polysteer.hookpoints import HookPoint
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
+from polysteer.progress import TokenTicks
 
 DESCRIBE_PROMPT = "Please help me describe the image in detail."  # the CHAIR prompt of the VTI paper
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
@@ -86,30 +87,11 @@ def generate_ids(model, processor, images: Sequence[Image.Image], prompts: Seque
             texts = [format_prompt(processor, p) for p in prompts[start : start + batch_size]]
             batch = encode(processor, images[start : start + batch_size], texts, device, dtype)
             with torch.no_grad(), (steer(model, plan) if plan is not None else nullcontext()), \
-                    _TokenTicks(model, bar, len(texts)):
+                    TokenTicks(model, bar, len(texts)):
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
             outputs += out[:, batch["input_ids"].shape[1]:].tolist()
             bar.update((start + len(texts)) * max_new_tokens - bar.n)  # the tokens of rows that stopped early
     return outputs
-
-
-class _TokenTicks:
-    """Advances a progress bar by the batch's rows at each forward pass after the prompt (one per new token)."""
-
-    def __init__(self, model, bar, rows: int):
-        self.module, self.bar, self.rows, self.handle, self.calls = model, bar, rows, None, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(self._tick)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-
-    def _tick(self, module, args) -> None:
-        self.calls += 1
-        if self.calls > 1:  # the first forward reads the prompt and yields the first token
-            self.bar.update(self.rows)
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
