@@ -218,11 +218,12 @@ def test_third_party_noise_is_dropped_narrowly(caplog):
     assert sum(getattr(f, "polysteer_music", False) for f in config.filters) == 1
     vocab = "Model config: {} must be `None` or an integer within the vocabulary (between 0 and 63), got {}. x"
     xformers = logging.getLogger("xformers")
-    # on the loggers themselves: once transformers configures its logging, its records no longer reach the root
+    # on the loggers themselves, at their own level: once transformers configures its logging its records no longer
+    # reach the root, and a library that set transformers' verbosity to errors would hide them
     for logger in (xformers, config):
         logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.WARNING, "xformers"), caplog.at_level(logging.WARNING, config.name):
             xformers.warning("WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
                              "    PyTorch 2.10.0")
             xformers.warning("another xformers warning")
