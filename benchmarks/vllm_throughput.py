@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +21,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
-from common import RESULTS, interleaved_medians, markdown  # noqa: E402
+from common import RESULTS, interleaved_times, markdown  # noqa: E402
 
 from polysteer import Direction, stack_plans, steer, write_text_atomic  # noqa: E402
 from polysteer.modalities.text import cache_dir, format_prompt, load_model  # noqa: E402
@@ -90,12 +91,15 @@ def measure(args, folder: Path) -> list[dict]:
         fns = {f"hf {k}": v for k, v in hf_variants(model, tokenizer, batch, args.tokens, folder, specs).items()}
         fns |= {f"vllm {k}": v for k, v in vllm_variants(llm, prompt_ids, batch, args.tokens, specs).items()}
         fns["vllm unsteered"](), fns["hf unsteered"]()  # warm-up
-        medians = interleaved_medians(fns, args.repeats)
+        times = interleaved_times(fns, args.repeats)
+        medians = {name: statistics.median(ts) for name, ts in times.items()}
         for name, seconds in medians.items():
             backend, variant = name.split(" ", 1)
+            rate = batch * args.tokens
             rows.append({"batch": batch, "backend": backend, "variant": variant,
                          "plans in batch": {"unsteered": 0, "one plan": 1}.get(variant, min(batch, N_PLANS)),
-                         "tokens/s": batch * args.tokens / seconds,
+                         "tokens/s": rate / seconds,
+                         "rounds' range": f"{rate / max(times[name]):.1f}-{rate / min(times[name]):.1f}",
                          "x vLLM unsteered": medians["vllm unsteered"] / seconds,
                          "x same-variant HF": medians[f"hf {variant}"] / seconds})
     return rows
@@ -113,12 +117,14 @@ def main() -> None:
     load_after = os.getloadavg()
     import vllm
 
-    columns = ["batch", "backend", "variant", "plans in batch", "tokens/s", "x vLLM unsteered", "x same-variant HF"]
+    columns = ["batch", "backend", "variant", "plans in batch", "tokens/s", "rounds' range", "x vLLM unsteered",
+               "x same-variant HF"]
     header = (
-        "# Steered throughput: HF generate vs vLLM with the polysteer plugin (PRELIMINARY)\n\n"
-        f"SmolLM2-135M-Instruct, float32, {platform.machine()} CPU with {os.cpu_count()} cores shared with other "
-        f"jobs: load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run, so absolute numbers "
-        f"are noisy; the ratios within one batch size are interleaved and more telling. vLLM {vllm.__version__}, "
+        "# Steered throughput: HF generate vs vLLM with the polysteer plugin\n\n"
+        f"SmolLM2-135M-Instruct, float32, {platform.machine()} CPU with {os.cpu_count()} cores: 1-minute load average "
+        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after the run (nothing else running). Tokens/s is the "
+        "median of the rounds, with the slowest and fastest round beside it; the ratios compare medians of variants "
+        f"run interleaved in the same rounds. vLLM {vllm.__version__}, "
         f"torch {torch.__version__}, enforce_eager, prefix caching off, greedy, {args.tokens} new tokens per "
         f"request, median of {args.repeats} interleaved rounds. \"distinct plans\": request i takes plan i % 16 "
         "(16 direction files at layer 12, add, generated-only); HF runs them as one stacked plan.\n\n"
