@@ -13,7 +13,8 @@ _MODULES = {
     ".data": ("Example", "read_contrastive", "read_json", "read_jsonl", "read_lines"),
     ".device": ("resolve_device", "resolve_dtype"),
     ".direction": ("Direction", "operator_param_key"),
-    ".engine": ("Attachment", "Intervention", "Plan", "as_plan", "attach", "stack_plans", "steer"),
+    ".engine": ("Attachment", "BatchSteering", "Intervention", "Plan", "as_plan", "attach", "stack_plans", "steer",
+                "steer_rows"),
     ".errors": ("PolysteerError",),
     ".evaluator": ("Evaluator",),
     ".finder": ("DirectionFinder", "check_inputs", "finish_direction", "fit_layers", "make_finder"),
@@ -29,11 +30,11 @@ _MODULES = {
 __getattr__, __dir__ = lazy_exports(__name__, {name: module for module, names in _MODULES.items() for name in names})
 
 __all__ = [
-    "Attachment", "Direction", "DirectionFinder", "Evaluator", "Example", "HookPoint", "Intervention", "Modality",
-    "ModelFinder", "Operator", "Plan", "PolysteerError", "SITES", "Schedule", "StepState", "StepTracker", "TOWERS",
-    "Target", "as_plan", "atomic_write", "attach", "block_target", "cache_key", "check_inputs", "finish_direction",
-    "fit_layers", "guess_layer_prefix", "hook_point", "hookimpl", "lazy_exports", "make_finder", "modality_for",
-    "operator_param_key", "parse_layers", "parse_schedule", "read_contrastive", "read_json", "read_jsonl",
-    "read_lines", "registry", "resolve_device", "resolve_dtype", "stack_plans", "steer", "write_json_atomic",
-    "write_safetensors_atomic", "write_text_atomic",
+    "Attachment", "BatchSteering", "Direction", "DirectionFinder", "Evaluator", "Example", "HookPoint",
+    "Intervention", "Modality", "ModelFinder", "Operator", "Plan", "PolysteerError", "SITES", "Schedule", "StepState",
+    "StepTracker", "TOWERS", "Target", "as_plan", "atomic_write", "attach", "block_target", "cache_key",
+    "check_inputs", "finish_direction", "fit_layers", "guess_layer_prefix", "hook_point", "hookimpl", "lazy_exports",
+    "make_finder", "modality_for", "operator_param_key", "parse_layers", "parse_schedule", "read_contrastive",
+    "read_json", "read_jsonl", "read_lines", "registry", "resolve_device", "resolve_dtype", "stack_plans", "steer",
+    "steer_rows", "write_json_atomic", "write_safetensors_atomic", "write_text_atomic",
 ]

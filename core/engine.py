@@ -146,6 +146,13 @@ class _Compiled:
             coef = coef * self.modality.span_mask(self.span, state, h)
         return coef.unsqueeze(-1).to(h.dtype) if coef.any() else None
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Narrow the per-row coefficients to the batch rows in ``index`` (see :class:`BatchSteering`)."""
+        if self.rows is not None:
+            raise PolysteerError("rows of a plan with rows= cannot be dropped; stack one plan per row instead")
+        if self.row_coef is not None:
+            self.row_coef = self.row_coef[index.to(self.row_coef.device)]
+
     def _plain(self) -> bool:
         return self.rows is None and self.span is None and self.branch == "both"
 
@@ -228,6 +235,40 @@ def steer(model: Any, plan: "Plan | Intervention | Sequence[Intervention]", moda
     tracker = mod.tracker(model)
     with activate(SteeringContext(tracker, _apply, _compile(model, as_plan(plan), mod))):
         yield tracker
+
+
+class BatchSteering:
+    """A :func:`steer_rows` block: ``keep(index)`` drops the batch rows not in ``index`` between decoding steps."""
+
+    def __init__(self, ctx: SteeringContext | None) -> None:
+        self._ctx = ctx
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the rows in ``index`` (in that order), as the caller does to its inputs and KV cache."""
+        if self._ctx is None:
+            return
+        for compiled in self._ctx.groups.values():
+            for c in compiled:
+                c.keep_rows(index)
+        self._ctx.tracker.keep_rows(index)
+
+
+@contextmanager
+def steer_rows(model: Any, row_plans: Sequence["Plan | Intervention | Sequence[Intervention] | None"],
+               modality: str | Modality | None = None) -> Iterator[BatchSteering]:
+    """:func:`steer` a batch whose row ``i`` follows ``row_plans[i]`` (None: unsteered), for a decoding loop
+    that drops finished rows: after ``handle.keep(index)`` the coefficients and step state follow the kept rows.
+
+    Yields:
+        A :class:`BatchSteering` handle.
+    """
+    if all(plan is None for plan in row_plans):
+        yield BatchSteering(None)
+        return
+    mod = modality if isinstance(modality, Modality) else modality_for(model, modality)
+    tracker = mod.tracker(model)
+    with activate(SteeringContext(tracker, _apply, _compile(model, stack_plans(row_plans), mod))) as ctx:
+        yield BatchSteering(ctx)
 
 
 class Attachment:

@@ -82,6 +82,12 @@ class StepTracker:
             prompt = torch.full((batch, 1), int(prompt.max()), device=x.device)
         self.state = StepState(step, positions.to(x.device), prompt.to(x.device), kwargs)
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Follow a batch that dropped every row not in ``index`` (its prompt lengths go with it)."""
+        if self.state is not None:
+            prompt = self.state.prompt_length[index.to(self.state.prompt_length.device)]
+            self.state = StepState(self.state.step, self.state.positions, prompt, self.state.batch)
+
     def state_for(self, h: torch.Tensor) -> StepState:
         """The state for a hidden tensor; towers with other lengths (image patches) get plain positions."""
         state = self.state

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from polysteer import Intervention, Plan, PolysteerError, stack_plans, steer
+from polysteer import Intervention, Plan, PolysteerError, stack_plans, steer, steer_rows
 from polysteer.modalities.text.generation import generate
 
 HP = "text.blocks.1.resid_post"
@@ -137,6 +137,25 @@ def test_stacked_plans_steer_each_row_with_its_own_direction(llama, tokenizer):
     alone = [generate(llama, tokenizer, prompts[:1], p, max_new_tokens=6, chat=False)[0] for p in row_plans]
     assert together == alone
     assert len(set(alone)) == 4
+
+
+def test_steer_rows_follows_the_rows_a_decoding_loop_keeps(llama):
+    """Drop the middle row after the prompt pass: the next step's logits of the kept rows equal their solo runs."""
+    a, b = vec(llama, 1), vec(llama, 2)
+    row_plans = [Intervention(a, HP, 6.0, schedule="generated-only"), Intervention(b, HP, 6.0), None]
+    ids = torch.tensor([[5, 6, 7, 8]] * 3)
+    with torch.no_grad(), steer_rows(llama, row_plans) as rows:
+        first = llama(input_ids=ids, use_cache=True)
+        cache, keep = first.cache, torch.tensor([0, 2])
+        cache.batch_select_indices(keep)
+        rows.keep(keep)
+        step = llama(input_ids=torch.tensor([[9], [9]]), cache=cache).logits[:, -1]
+    for i, plan in zip((0, 1), (row_plans[0], None)):
+        with torch.no_grad(), steer_rows(llama, [plan]):
+            solo = llama(input_ids=ids[:1], use_cache=True)
+            expected = llama(input_ids=torch.tensor([[9]]), cache=solo.cache).logits[0, -1]
+        torch.testing.assert_close(step[i], expected)
+    assert not torch.allclose(step[0], step[1])
 
 
 def test_stack_plans_refuses_per_row_inputs(llama):

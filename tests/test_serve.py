@@ -117,6 +117,26 @@ def test_mixed_batch_rows_equal_requests_served_alone(client):
     assert together[4]["finish_reason"] == "length"
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_keep_their_plans(client, llama):
+    """A long-prompt row that ends first is dropped from the batch, its cache and the stacked plan; the rows left,
+    one steered only on generated tokens after a shorter prompt, must still equal their solo answers."""
+    steer = [{"direction": "sea", "coefficient": 6, "schedule": "generated-only"}]
+    bodies = [{"prompt": PROMPT + " and the wide blue ocean waves at night", "max_tokens": 2, **GREEDY,
+               "steer": [{"direction": "cake", "coefficient": 5}]},
+              {"prompt": "sea", "max_tokens": 10, **GREEDY, "steer": steer},
+              {"prompt": "describe a big party", "max_tokens": 10, **GREEDY}]
+    alone = [complete(client, **body)["choices"][0]["text"] for body in bodies]
+    sizes = []
+    handle = llama.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(len(kwargs["input_ids"])),
+                                             with_kwargs=True)
+    try:
+        together = [reply["choices"][0]["text"] for reply in asyncio.run(_gather(client.app, bodies))]
+    finally:
+        handle.remove()
+    assert sizes[0] == 3 and sizes[-1] == 2 and sizes.count(3) == 2  # prefill + one step, then two rows
+    assert together == alone
+
+
 def test_stop_strings_and_per_row_lengths(client):
     full = complete(client, max_tokens=10)["choices"][0]["text"]
     word = full.split()[3]
@@ -265,3 +285,27 @@ def _disconnect_mid_stream(url: str) -> None:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break
+
+
+def test_a_disconnected_row_leaves_the_running_batch(llama, tokenizer):
+    from polysteer.modalities.text.serve.batcher import Batcher
+    from polysteer.modalities.text.serve.rows import Row
+
+    loop = asyncio.new_event_loop()
+    ids = tokenizer(PROMPT).input_ids
+    rows = [Row(ids, None, max_tokens=30, loop=loop), Row(ids, None, max_tokens=30, loop=loop)]
+    sizes = []
+
+    def record(module, args, kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        if len(sizes) == 4:
+            rows[0].cancelled.set()  # the client left after three tokens
+
+    handle = llama.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        Batcher(llama, tokenizer).generate(rows)
+    finally:
+        handle.remove()
+        loop.close()
+    assert rows[0].finish_reason == "cancelled" and len(rows[0].tokens) == 3
+    assert sizes[:4] == [2, 2, 2, 2] and set(sizes[4:]) == {1} and len(rows[1].tokens) == 30

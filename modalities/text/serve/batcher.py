@@ -1,27 +1,28 @@
-"""The dynamic batcher: one worker thread runs one ``generate`` per batch, one steering plan per row.
+"""The dynamic batcher: one worker thread decodes one batch at a time, one steering plan per row.
 
 Requests queue up while a batch runs; the worker takes up to ``max_batch_size`` of them, waiting at most
 ``max_wait_s`` after the first for more to join. The rows' plans are stacked (:func:`polysteer.stack_plans`), so
 rows with different directions, coefficients, schedules or none share one forward pass; the steering context is
-the worker thread's own, so nothing else that runs on the model sees it.
+the worker thread's own, so nothing else that runs on the model sees it. The decoding loop is ours, not
+``generate``: a row that finishes (EOS, stop string, its own ``max_tokens``) or whose client disconnects is dropped
+from the batch, its KV cache and its plan at once, so it costs nothing more.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from polysteer.engine import stack_plans, steer
+from polysteer.engine import BatchSteering, steer_rows
 from polysteer.errors import PolysteerError
-from polysteer.modalities.text.serve.rows import Row, RowSampler, RowStopper
+from polysteer.modalities.text.serve.rows import Row, Streamer, next_tokens
 
 log = logging.getLogger("polysteer.serve")
 
@@ -49,6 +50,9 @@ class Batcher:
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.max_positions = getattr(model.config, "max_position_embeddings", None) or 2**31
+        # transformers 5.24 renamed the forward's cache argument (and output field) to ``cache``
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def submit(self, row: Row) -> None:
         """Queue a row; raises :class:`Busy` when ``max_queue`` rows already wait."""
@@ -130,7 +134,7 @@ class Batcher:
             self.finished.append((row.finish_reason, len(row.tokens)))
 
     def generate(self, rows: list[Row]) -> None:
-        """One left-padded greedy ``generate`` for ``rows``; sampling and stopping are per row."""
+        """Decode ``rows`` as one left-padded batch; a row that ends (or whose client left) leaves the batch."""
         self.batch_sizes.append(len(rows))
         device = next(self.model.parameters()).device
         width = max(len(r.ids) for r in rows)
@@ -139,14 +143,25 @@ class Batcher:
         for i, row in enumerate(rows):
             ids[i, width - len(row.ids):] = torch.tensor(row.ids)
             mask[i, width - len(row.ids):] = 1
-        plans = [r.plan for r in rows]
-        context = steer(self.model, stack_plans(plans)) if any(p is not None for p in plans) else nullcontext()
-        stopper = RowStopper(rows, width, self.tokenizer, self.eos_ids, self.tokenizer_lock)
-        with torch.no_grad(), context:
-            self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=max(r.max_tokens for r in rows), pad_token_id=self.pad_id,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
-                logits_processor=LogitsProcessorList([RowSampler(rows)]),
-                stopping_criteria=StoppingCriteriaList([stopper]),
-            )
+        with torch.no_grad(), steer_rows(self.model, [r.plan for r in rows]) as steering:
+            self._decode(list(rows), ids.to(device), mask.to(device), steering)
+
+    def _decode(self, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor, steering: BatchSteering) -> None:
+        streamer = Streamer(self.tokenizer, self.eos_ids, self.tokenizer_lock)
+        cache = None
+        while rows and mask.shape[1] < self.max_positions:
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self.cache_arg: cache})
+            cache = getattr(out, self.cache_arg)
+            tokens = next_tokens(rows, out.logits[:, -1, :].float())
+            for row, token in zip(rows, tokens.tolist()):
+                streamer.take(row, token)
+            keep = [i for i, row in enumerate(rows) if not row.finished]
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+                cache.batch_select_indices(index)
+                steering.keep(index)
+                rows, mask, tokens = [rows[i] for i in keep], mask[index], tokens[index]
+            ids = tokens.unsqueeze(-1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)

@@ -1,9 +1,9 @@
 """One request's row in a batched generate: its sampling, its stop conditions and its streamed text.
 
-The batch runs greedy ``generate``; :class:`RowSampler` draws each sampled row's token from that row's own
-seeded generator (temperature, top-p) and leaves only it selectable, so a row's text depends on its own request
-alone, whatever batch it lands in. :class:`RowStopper` is called after every step: it decodes each row's new
-token, streams the text, and ends a row at EOS, a stop string, its ``max_tokens``, or a disconnect.
+:func:`next_tokens` picks each row's token from the batch's logits: greedy, or from that row's own seeded generator
+(temperature, top-p), so a row's text depends on its own request alone, whatever batch it lands in.
+:class:`Streamer` takes each new token: it streams the row's text and ends the row at EOS, a stop string, its
+``max_tokens``, or a disconnect; the batcher then drops the row from the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 from polysteer.engine import Plan
 
@@ -80,23 +79,17 @@ class Row:
             self.sent = len(text) - hold
 
 
-class RowSampler(LogitsProcessor):
-    """Per-row temperature and top-p, each sampled row with its own seeded generator; greedy rows untouched."""
-
-    def __init__(self, rows: list[Row]):
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, row in enumerate(self.rows):
-            if row.temperature == 0 or row.finished:
-                continue
-            if row.generator is None:
-                seed = row.seed if row.seed is not None else secrets.randbits(63)
-                row.generator = torch.Generator(device=scores.device).manual_seed(seed % 2**63)
-            token = sample(scores[i], row.temperature, row.top_p, row.generator)
-            scores[i] = float("-inf")
-            scores[i, token] = 0.0
-        return scores
+def next_tokens(rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+    """Each row's next token: greedy, or drawn with the row's own temperature, top-p and seeded generator."""
+    tokens = logits.argmax(-1)
+    for i, row in enumerate(rows):
+        if row.temperature == 0:
+            continue
+        if row.generator is None:
+            seed = row.seed if row.seed is not None else secrets.randbits(63)
+            row.generator = torch.Generator(device=logits.device).manual_seed(seed % 2**63)
+        tokens[i] = sample(logits[i], row.temperature, row.top_p, row.generator)
+    return tokens
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -110,23 +103,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-class RowStopper(StoppingCriteria):
-    """Streams each row's new token and says which rows are done (EOS, stop string, length, cancelled)."""
+class Streamer:
+    """Takes each row's new token: streams its text and ends the row at EOS, a stop string, ``max_tokens`` or a
+    disconnect."""
 
-    def __init__(self, rows: list[Row], prompt_width: int, tokenizer: Any, eos_ids: set[int], lock: threading.Lock):
-        self.rows, self.width, self.tokenizer = rows, prompt_width, tokenizer
-        self.eos_ids, self.lock = eos_ids, lock
+    def __init__(self, tokenizer: Any, eos_ids: set[int], lock: threading.Lock):
+        self.tokenizer, self.eos_ids, self.lock = tokenizer, eos_ids, lock
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        done = torch.zeros(len(self.rows), dtype=torch.bool)
-        last = input_ids[:, -1].tolist()
-        for i, row in enumerate(self.rows):
-            if not row.finished:
-                self._step(row, last[i])
-            done[i] = row.finished
-        return done.to(input_ids.device)
-
-    def _step(self, row: Row, token: int) -> None:
+    def take(self, row: Row, token: int) -> None:
         if row.cancelled.is_set():
             row.finish("cancelled")
             return
