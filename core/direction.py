@@ -6,7 +6,9 @@ Only safetensors and JSON are ever read, so a direction file from a stranger can
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +28,8 @@ FORMAT_VERSION = 1
 _MANIFEST_KEY = "polysteer"
 _EXTRA = "extra."
 _OPERATOR_PARAM = "operator."
+_CHECKED_FIELDS = ("modality", "model", "d_model", "operator", "schedule", "coefficient", "scales", "unit",
+                   "separations", "weights", "finder", "provenance", "created")
 
 
 def operator_param_key(hook_point: str, name: str) -> str:
@@ -41,9 +45,15 @@ def operator_param_key(hook_point: str, name: str) -> str:
 class Direction:
     """Steering vectors for one model, one per hook point, plus how to apply them.
 
-    The plan coefficient for hook point ``hp`` is ``coefficient * scales[hp] * weights[hp]``: ``scales``
-    holds the class separation along each vector, so coefficient 1 moves activations by about the
-    distance between the two classes.
+    The plan coefficient for hook point ``hp`` is ``coefficient * scales[hp] * weights[hp]``, and ``unit`` says
+    what ``scales`` hold:
+
+    - ``"activation-norm"`` (what ``find`` writes): the median norm of one token's activation at ``hp`` on the
+      data the direction was fitted on, so coefficient 0.1 adds a tenth of a typical activation. The unit depends
+      on neither the data set nor the model's scale; fluent steering lies around 0.05-0.5, and past 1 the added
+      vector outweighs the activation itself (:meth:`to_plan` warns). ``separations`` keeps the class separation.
+    - ``"separation"`` (files written before the norm unit): the distance between the classes along the vector.
+    - ``"raw"`` (no scales): the coefficient multiplies the stored vector as it is, e.g. an SAE latent value.
     """
 
     vectors: dict[str, torch.Tensor]
@@ -54,6 +64,8 @@ class Direction:
     schedule: str = "constant"
     coefficient: float = 1.0
     scales: dict[str, float] = field(default_factory=dict)
+    unit: str = ""
+    separations: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     finder: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +74,7 @@ class Direction:
     polysteer_version: str = ""
 
     def __post_init__(self):
+        self.unit = self.unit or ("separation" if self.scales else "raw")
         for hp, v in self.vectors.items():
             HookPoint.parse(hp)
             if v.ndim != 1 or v.shape[0] != self.d_model:
@@ -73,10 +86,8 @@ class Direction:
         for name, tensor in self.extras.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise PolysteerError(f"extra tensor {name!r} contains NaN or inf")
-        check_manifest({"format_version": FORMAT_VERSION, "hook_points": self.hook_points, **{
-            k: getattr(self, k) for k in ("modality", "model", "d_model", "operator", "schedule", "coefficient",
-                                          "scales", "weights", "finder", "provenance", "created")}},
-            "direction")
+        check_manifest({"format_version": FORMAT_VERSION, "hook_points": self.hook_points,
+                        **{k: getattr(self, k) for k in _CHECKED_FIELDS}}, "direction")
         if not self.polysteer_version:
             from polysteer import __version__
 
@@ -92,6 +103,7 @@ class Direction:
         finder: Any = None,
         d_model: int | None = None,
         scaled: bool = True,
+        norms: Mapping[str, float] | None = None,
         provenance: dict[str, Any] | None = None,
         operator: str = "add",
         coefficient: float = 1.0,
@@ -109,8 +121,11 @@ class Direction:
             finder: the finder whose name and JSON-able ``get_params()`` are recorded, or a ready
                 ``{"name", "params"}`` dict; default: the first fitted finder.
             d_model: the vectors' width; default: the length of the first vector.
-            scaled: record each scale in ``scales``, so coefficient 1 moves activations by the class separation;
-                False when the coefficient is meant in other units (an SAE latent value).
+            scaled: give the coefficient a unit (False: ``"raw"``, for a coefficient meant in other units, e.g. an
+                SAE latent value).
+            norms: hook point -> the typical (median) token activation norm there on the fitting data; with
+                ``scaled`` the coefficient is then a fraction of it (unit ``"activation-norm"``), else of the class
+                separation (unit ``"separation"``).
             provenance, operator, coefficient, weights, extras: stored as given.
         """
         if not fitted:
@@ -119,10 +134,12 @@ class Direction:
         for hp, item in fitted.items():
             vectors[hp], scales[hp] = _unit_and_scale(hp, item)
         identity = dict(model) if isinstance(model, Mapping) else _modality(model, modality).identity(model)
+        unit, chosen = _unit(scales, norms, scaled)
         return cls(
             vectors=vectors, modality=modality.name if isinstance(modality, Modality) else modality, model=identity,
             d_model=d_model or next(iter(vectors.values())).shape[0], operator=operator, coefficient=coefficient,
-            scales=scales if scaled else {}, weights=dict(weights or {}),
+            scales=chosen, unit=unit, separations=scales if unit == "activation-norm" else {},
+            weights=dict(weights or {}),
             finder=_finder_record(finder if finder is not None else next(iter(fitted.values()))),
             provenance=dict(provenance or {}), extras=dict(extras or {}),
         )
@@ -149,6 +166,8 @@ class Direction:
     ) -> Plan:
         """A plan with one intervention per hook point, using the stored defaults unless given."""
         coef = self.coefficient if coefficient is None else coefficient
+        if self.unit == "activation-norm":
+            _warn_if_outside_norm_range(coef)
         ivs = []
         for hp in hook_points or self.hook_points:
             if hp not in self.vectors:
@@ -241,12 +260,37 @@ class Direction:
         missing = [hp for hp in points if hp not in tensors]
         if missing:
             raise PolysteerError(f"{path} lists hook points without vectors: {missing}")
-        stray = sorted((set(manifest.get("scales", {})) | set(manifest.get("weights", {}))) - set(points))
+        stray = sorted(set().union(*(manifest.get(k, {}) for k in ("scales", "separations", "weights"))) - set(points))
         if stray:
             raise PolysteerError(f"{path} has scales or weights for hook points it has no vector for: {stray}")
         vectors = {hp: tensors[hp] for hp in points}
         extras = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
         return cls(vectors=vectors, extras=extras, **manifest)
+
+
+SANE_NORM_FRACTION = 1.0
+
+
+def _unit(separations: dict[str, float], norms: Mapping[str, float] | None, scaled: bool) -> tuple[str, dict]:
+    """The coefficient's unit and the scales that give it (see :class:`Direction`)."""
+    if not scaled:
+        return "raw", {}
+    if norms is None:
+        return "separation", separations
+    missing = sorted(set(separations) - set(norms))
+    bad = [hp for hp, n in norms.items() if not (n > 0 and math.isfinite(n))]
+    if missing or bad:
+        raise PolysteerError(f"activation norms missing or not positive for {missing or bad}; measure them on the "
+                             "fitting data (or pass norms=None for the separation unit)")
+    return "activation-norm", {hp: float(norms[hp]) for hp in separations}
+
+
+def _warn_if_outside_norm_range(coef: Any) -> None:
+    largest = max(abs(float(c)) for c in (coef if isinstance(coef, (list, tuple)) else [coef]))
+    if largest > SANE_NORM_FRACTION:
+        warnings.warn(f"coefficient {largest:g} is in units of the typical activation norm: the added vector is "
+                      f"{largest:g}x the activation it steers, which breaks text; fluent steering lies around "
+                      "0.05-0.5", stacklevel=3)
 
 
 def _unit_and_scale(hook_point: str, item: Any) -> tuple[torch.Tensor, float]:

@@ -60,6 +60,8 @@ def _finder(value: Any) -> str | None:
     return _object(value.get("params", {}))
 
 
+UNITS = ("activation-norm", "separation", "raw")
+
 FIELDS: dict[str, tuple[bool, Callable[[Any], str | None]]] = {  # name -> (required, check)
     "format_version": (True, lambda v: None if v == 1 else "1"),
     "hook_points": (True, _hook_points),
@@ -70,6 +72,8 @@ FIELDS: dict[str, tuple[bool, Callable[[Any], str | None]]] = {  # name -> (requ
     "schedule": (False, _str),
     "coefficient": (False, _number),
     "scales": (False, _numbers),
+    "unit": (False, lambda v: None if v in UNITS else " or ".join(repr(u) for u in UNITS)),
+    "separations": (False, _numbers),
     "weights": (False, _numbers),
     "finder": (False, _finder),
     "provenance": (False, _object),

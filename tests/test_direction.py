@@ -1,6 +1,7 @@
 """The Direction artifact: round trip, model checks, corrupt files, atomic writes."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -51,6 +52,38 @@ def test_plan_scales_coefficients(llama):
     plan = make(llama).to_plan(3.0)
     coefs = {iv.hook_point: iv.coefficient for iv in plan}
     assert coefs == {"text.blocks.1.resid_post": 6.0, "text.blocks.2.resid_post": 3.0}
+
+
+def test_found_directions_count_in_fractions_of_the_typical_activation_norm(llama, tokenizer):
+    from polysteer import hook_point
+    from polysteer.modalities import text
+
+    pos = [text.Example("the sea is wide and blue"), text.Example("waves roll on the beach")]
+    neg = [text.Example("I cooked dinner at home"), text.Example("we went to the shop")]
+    direction = text.find_direction(llama, tokenizer, pos, neg, layers=[1, 2])
+    for layer in (1, 2):
+        hp = hook_point(layer, "resid_post")
+        tokens = TextModality().capture(llama, tokenizer, pos + neg, [hp], pooling="tokens")[hp]
+        assert direction.scales[hp] == pytest.approx(float(tokens.norm(dim=-1).median()), rel=1e-5)
+        assert direction.separations[hp] > 0 and direction.separations[hp] != direction.scales[hp]
+    assert direction.unit == "activation-norm"
+    assert {iv.hook_point: iv.coefficient for iv in direction.to_plan(0.25)} == pytest.approx(
+        {hp: 0.25 * direction.scales[hp] for hp in direction.hook_points})
+
+
+def test_a_coefficient_past_the_activation_norm_warns(llama):
+    direction = Direction.from_fitted({"text.blocks.1.resid_post": torch.ones(32)}, model=llama, modality="text",
+                                      finder={"name": "raw"}, norms={"text.blocks.1.resid_post": 3.0})
+    with pytest.warns(UserWarning, match="coefficient 1.5 is in units of the typical activation norm"):
+        direction.to_plan(1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        direction.to_plan(0.5)
+        make(llama).to_plan(3.0)  # a file in the class-separation unit keeps its meaning and warns nothing
+    assert make(llama).unit == "separation"
+    with pytest.raises(PolysteerError, match="activation norms missing or not positive"):
+        Direction.from_fitted({"text.blocks.1.resid_post": torch.ones(32)}, model=llama, modality="text",
+                              finder={"name": "raw"}, norms={"text.blocks.1.resid_post": float("nan")})
 
 
 def test_other_d_model_is_refused(llama):
@@ -145,6 +178,8 @@ GOOD = {"format_version": 1, "hook_points": ["text.blocks.0.resid_post"], "modal
     ({"format_version": 2}, "'format_version' must be 1"),
     ({"backdoor": "x"}, "unknown manifest fields \\['backdoor'\\]"),
     ({"modality": None}, "'modality' must be a string"),
+    ({"unit": "volts"}, "'unit' must be 'activation-norm' or 'separation' or 'raw'"),
+    ({"separations": {"text.blocks.3.resid_post": 1.0}}, "no vector for"),
 ])
 def test_bad_manifests_are_one_line_errors(tmp_path, change, message):
     path = write_raw(tmp_path / "d.safetensors", {**GOOD, **change}, {"text.blocks.0.resid_post": torch.ones(32)})

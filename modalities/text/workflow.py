@@ -49,34 +49,45 @@ def find_direction(
     """
     modality = TextModality()
     points = [hook_point(layer, site) for layer in layers]
-    X_pos, X_neg = _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache)
+    X_pos, X_neg, norms = _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache)
     proto = make_finder(finder, **finder_params)
     return Direction.from_fitted(
-        fit_layers(proto, X_pos, X_neg), model=model, modality=modality, finder=proto,
+        fit_layers(proto, X_pos, X_neg), model=model, modality=modality, finder=proto, norms=norms,
         d_model=modality.d_model(model, points[0]),
         provenance={"n_positive": len(positives), "n_negative": len(negatives), "pooling": pooling,
                     **(provenance or {})},
     )
 
 
+NORM_EXAMPLES = 16  # per class: the median token norm is stable long before that
+
+
 def _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache):
-    """``(X_pos, X_neg)``, both classes in one cache entry when ``cache`` (and no ``cache_dir``)."""
+    """``(X_pos, X_neg, norms)``, both classes in one cache entry when ``cache`` (and no ``cache_dir``).
+
+    ``norms[hp]`` is the median norm of one token's activation at ``hp`` over (up to ``NORM_EXAMPLES`` of) each
+    class's examples: the unit of the direction's coefficient.
+    """
     modality = TextModality()
 
     def run() -> dict[str, torch.Tensor]:
-        return {f"{side}/{hp}": acts for side, examples in (("pos", positives), ("neg", negatives))
+        acts = {f"{side}/{hp}": acts for side, examples in (("pos", positives), ("neg", negatives))
                 for hp, acts in modality.capture(model, tokenizer, examples, points, pooling=pooling,
                                                  cache_dir=cache_dir).items()}
+        few = [*positives[:NORM_EXAMPLES], *negatives[:NORM_EXAMPLES]]
+        tokens = modality.capture(model, tokenizer, few, points, pooling="tokens")
+        return {**acts, **{f"norm/{hp}": rows.float().norm(dim=-1).median() for hp, rows in tokens.items()}}
 
     if cache and cache_dir is None:
         rows = lambda examples: [asdict(e) if isinstance(e, Example) else e for e in examples]  # noqa: E731
         key = make_key(kind="activations", model=model_fingerprint(model), tokenizer=_tokenizer_fingerprint(tokenizer),
                        positives=rows(positives), negatives=rows(negatives), hook_points=list(points),
-                       pooling=pooling, chat=True, batch_size=8, libraries=_libraries())
+                       pooling=pooling, chat=True, batch_size=8, norms=NORM_EXAMPLES, libraries=_libraries())
         acts = cached_tensors("activations", key, run, "activations")
     else:
         acts = run()
-    return ({hp: acts[f"pos/{hp}"] for hp in points}, {hp: acts[f"neg/{hp}"] for hp in points})
+    return ({hp: acts[f"pos/{hp}"] for hp in points}, {hp: acts[f"neg/{hp}"] for hp in points},
+            {hp: float(acts[f"norm/{hp}"]) for hp in points})
 
 
 def persona_data(model, tokenizer, pair: PersonaPair, questions: Sequence[str] = TRAIN_QUESTIONS,

@@ -13,7 +13,7 @@ from polysteer.option_types import NONNEGATIVE_INT, CheckedChoice, CheckedInt
 from polysteer.options import coef_option, max_new_tokens_option, output_option
 
 DEFAULT_CONCEPT = "ocean"
-DEFAULT_COEF = 4.0
+DEFAULT_COEF = 0.3
 
 
 def _say(message: str, start: float) -> None:
@@ -24,13 +24,14 @@ def _say(message: str, start: float) -> None:
 @text_model_options
 @click.option("--concept", type=CheckedChoice(sorted(PERSONAS)), default=DEFAULT_CONCEPT, show_default=True)
 @click.option("--layer", type=NONNEGATIVE_INT, help="Block to steer (default: 40% of the depth, 12 on SmolLM2).")
-@coef_option(DEFAULT_COEF, help="In units of the distance between the two classes' mean activations.")
+@coef_option(DEFAULT_COEF, help="A fraction of the typical activation norm at the layer (fluent around 0.05-0.5).")
 @click.option("--prompts", "n_prompts", default=6, show_default=True, type=CheckedInt(1, len(EVAL_PROMPTS)),
               help="How many neutral prompts to show.")
 @max_new_tokens_option(40)
 @output_option(required=False, help="Also save the direction here (.safetensors).")
 def demo(model_name, device, dtype, concept, layer, coef, n_prompts, max_new_tokens, output):
     """Find a concept direction from a persona pair and show unsteered vs steered generations."""
+    from polysteer.modalities.text.evaluators.rubric import FluencyScore
     from polysteer.modalities.text.modality import TextModality
     from polysteer.modalities.text.workflow import concept_rate, default_layer, find_direction, persona_data
 
@@ -53,7 +54,11 @@ def demo(model_name, device, dtype, concept, layer, coef, n_prompts, max_new_tok
         click.echo(f"\n### {prompt}\n[unsteered] {_one_line(base)}\n[steered]   {_one_line(steered)}")
     scale = direction.scales[direction.hook_points[0]]
     click.echo(f"\nconcept '{concept}' mentioned: unsteered {result.unsteered:.0%}, steered {result.steered:.0%} "
-               f"of {len(result.prompts)} prompts (coefficient {coef} x {scale:.2f})")
+               f"of {len(result.prompts)} prompts (coefficient {coef} x typical activation norm {scale:.1f})")
+    fluency = FluencyScore.calibrated(model, tokenizer, result.prompts, result.unsteered_texts)
+    mean = lambda texts: sum(fluency.evaluate(texts, prompts=result.prompts)) / len(texts)  # noqa: E731
+    click.echo(f"fluency (0-2 judge calibrated on the unsteered answers): unsteered "
+               f"{mean(result.unsteered_texts):.2f}, steered {mean(result.steered_texts):.2f}")
     _say("done", start)
 
 

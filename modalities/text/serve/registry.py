@@ -148,4 +148,4 @@ def describe(name: str, direction: Direction) -> DirectionInfo:
     return DirectionInfo(name=name, hook_points=direction.hook_points, d_model=direction.d_model,
                          layers=[HookPoint.parse(hp).layer for hp in direction.hook_points],
                          operator=direction.operator, schedule=direction.schedule,
-                         coefficient=direction.coefficient, finder=direction.finder.get("name"))
+                         coefficient=direction.coefficient, unit=direction.unit, finder=direction.finder.get("name"))

@@ -199,6 +199,7 @@ class DirectionInfo(BaseModel):
     operator: str
     schedule: str
     coefficient: float
+    unit: str = "separation"
     finder: str | None = None
 
 
