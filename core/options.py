@@ -32,7 +32,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_HELP = ("Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N, mps, or map (text and "
                "vision-language models larger than one GPU: spread over every GPU, then CPU, by accelerate).")
 DTYPE_HELP = "Weight precision; auto is bfloat16 on a GPU and float32 on CPU."
-COEFS_HELP = "Comma-separated coefficients, e.g. 0,1,2,4."
+COEFS_HELP = ("Comma-separated coefficients, e.g. 0,0.1,0.2,0.4 (for a found direction: fractions of the typical "
+              "activation norm).")
 
 OVERWRITE_HELP = {  # the one rule for every command that writes, by what -o names
     "file": "An existing file there is replaced (atomically: a failed run leaves it as it was).",

@@ -35,7 +35,7 @@ from polysteer.options import coefs_option, direction_option, layers_option, max
                   help="Direction file to sweep.")
 @click.option("--prompts-file", type=input_type(),
               help="One prompt per line (default: 20 built-in neutral prompts).")
-@coefs_option()
+@coefs_option("0,0.1,0.2,0.3,0.5")
 @layers_option(help="Which of the file's layers to sweep (default: all of them).")
 @click.option("--concept", help="Concept description for the MiniLM similarity judge.")
 @click.option("--keywords", type=words_type, help="Comma-separated concept keywords.")
