@@ -17,7 +17,7 @@ from polysteer.options import parse_coefs, parse_direction_spec
 MODEL_COMMANDS = {
     "find", "generate", "sweep", "demo", "convert", "train-vector", "attribute", "detect", "explain", "sae train",
     "sae lf", "sae saif", "music find", "music generate", "music eval", "vlm find-vti", "vlm find", "vlm describe",
-    "vlm eval",
+    "vlm eval", "tune",
 }
 
 

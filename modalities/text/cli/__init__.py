@@ -1,5 +1,5 @@
 """The text commands: find, generate, sweep, demo, convert, train-vector, attribute, detect, explain, sae, serve,
-refusal."""
+refusal, tune."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ _COMMANDS = {  # module -> its commands, in the order `polysteer --help` lists t
     "sae": ("explain", "sae"),
     "serve": ("serve",),
     "refusal": ("refusal",),
+    "tune": ("tune",),
 }
 
 
