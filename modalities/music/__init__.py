@@ -14,13 +14,15 @@ _EXPORTS = {
     "load_model": ".models:load_music_model",
     **dict.fromkeys(("TINY", "tiny_musicgen"), ".models"),
     "collect_audio": ".capture",
-    **dict.fromkeys(("build_plan", "generate_audio"), ".generation"),
+    **dict.fromkeys(("build_plan", "generate_audio", "token_divergence"), ".generation"),
     **dict.fromkeys(("Concept", "ConceptFit", "concept_clips", "default_finder", "find_concepts", "fit_concept"),
                     ".workflow"),
     **dict.fromkeys(("CHORD_QUALITIES", "PITCH_CLASSES", "Clip", "chords", "notes", "render"), ".synth"),
     **dict.fromkeys(("ChordAccuracy", "FrechetAudioDistance", "NoteAccuracy", "NoteShare", "TempoEstimate"),
                     ".evaluators"),
     **dict.fromkeys(("read_audio", "write_wav"), ".audio"),
+    **dict.fromkeys(("ClapScore", "save_tiny_clap"), ".clap"),
+    **dict.fromkeys(("TEMPO_BPMS", "TempoConcept", "find_tempo", "tempo_clips"), ".compose"),
     **dict.fromkeys(("chromagram", "estimate_chord", "estimate_note", "estimate_tempo"), ".dsp"),
 }
 __all__ = sorted([*_EXPORTS, "MusicModality"])
@@ -34,9 +36,10 @@ def register_modalities(register):
 
 @hookimpl
 def register_evaluators(register):
+    from polysteer.modalities.music.clap import ClapScore
     from polysteer.modalities.music.evaluators import EVALUATORS
 
-    for evaluator in EVALUATORS:
+    for evaluator in (*EVALUATORS, ClapScore):
         register(evaluator)
 
 

@@ -91,7 +91,12 @@ def _concept(spec: str, option: str) -> str:
                "concept.")
 def find(concepts, model_name, device, dtype, backend, finder, finder_params, layers, top_k, variants, seconds, octaves,
          val_fraction, seed, cache_dir, output):
-    """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted)."""
+    """Learn one direction per concept from synthetic notes/chords (every layer, AUC-weighted).
+
+    RFM's kernel bandwidth is 10 activation units by default (MusicRFM's value); --finder-param bandwidth=median
+    sets it from the data (the median distance between training points), which suits any layer's scale.
+    docs/music.md also covers tempo directions and steering note, chord and tempo together.
+    """
     from polysteer.modalities.music.modality import MusicModality
     from polysteer.modalities.music.models import load_music_model
     from polysteer.modalities.music.workflow import default_finder, find_concepts
@@ -221,15 +226,23 @@ def _check_schedules(schedules: tuple[str, ...], directions: tuple) -> None:
 @click.option("--tempo", is_flag=True, help="Estimate each clip's tempo.")
 @click.option("--reference", "references", multiple=True, type=input_type(),
               help="Reference WAVs (e.g. unsteered) for the Frechet distance on the model's EnCodec embeddings.")
+@click.option("--metric", "metrics", multiple=True, type=CheckedChoice(["clap"]),
+              help="clap: text adherence, the cosine of CLAP's embeddings of --prompt and of each clip.")
+@click.option("--prompt", "prompts", multiple=True, help="Text the clips were generated from, for --metric clap: "
+              "one for all clips or one each (repeat).")
+@click.option("--clap-model", help="CLAP folder or hub id for --metric clap [default: laion/clap-htsat-unfused].")
 @model_options(help="Model whose audio encoder embeds clips (needed with --reference).")
 @backend_option
-def evaluate(files, target_note, target_chord, tempo, references, model_name, device, dtype, backend):
-    """Measure FILES: target note/chord accuracy, tempo, and a Frechet distance to --reference clips."""
+def evaluate(files, target_note, target_chord, tempo, references, metrics, prompts, clap_model, model_name, device,
+             dtype, backend):
+    """Measure FILES: target note/chord accuracy, tempo, CLAP text adherence, and a Frechet distance to
+    --reference clips."""
     from polysteer.modalities.music.audio import read_audio
     from polysteer.modalities.music.evaluators import ChordAccuracy, NoteAccuracy, TempoEstimate
 
-    if not (target_note or target_chord or tempo or references):
-        raise PolysteerError("nothing to measure: give --target-note, --target-chord, --tempo or --reference")
+    if not (target_note or target_chord or tempo or references or metrics):
+        raise PolysteerError("nothing to measure: give --target-note, --target-chord, --tempo, --metric or --reference")
+    _check_clap_options(metrics, prompts, clap_model, len(files))
     judges = {"note-accuracy": target_note and NoteAccuracy(target_note),
               "chord-accuracy": target_chord and ChordAccuracy(target_chord), "tempo": tempo and TempoEstimate()}
     for path in (*files, *references) if references else ():  # a bad clip fails before the model loads
@@ -246,9 +259,28 @@ def evaluate(files, target_note, target_chord, tempo, references, model_name, de
 
         reference = [read_audio(path, rate)[0] for path in references]
         scores["frechet-audio"] = FrechetAudioDistance(model, reference, rate).evaluate(audio, rate)
+    if "clap" in metrics:
+        from polysteer.modalities.music.clap import DEFAULT_CLAP, ClapScore
+
+        scores["clap"] = ClapScore(clap_model or DEFAULT_CLAP, device).evaluate(audio, rate, prompts=prompts)
     for i, path in enumerate(files):
         click.echo(json.dumps({"file": str(path), **{k: v[i] for k, v in scores.items()}}))
     click.echo(json.dumps({"mean": {k: float(np.mean(v)) for k, v in scores.items()}}))
+
+
+def _check_clap_options(metrics: tuple, prompts: tuple, clap_model: str | None, n_files: int) -> None:
+    """--prompt and --clap-model go with --metric clap; one prompt for all clips or one each; the CLAP exists."""
+    if "clap" not in metrics:
+        if prompts or clap_model:
+            raise PolysteerError("--prompt and --clap-model are for CLAP text adherence: add --metric clap")
+        return
+    if len(prompts) not in (1, n_files):
+        raise PolysteerError(f"--metric clap needs the text the clips were generated from: give --prompt once for "
+                             f"all {n_files} clips or once each (got {len(prompts)})")
+    from polysteer.hub import resolve_model_source
+    from polysteer.modalities.music.clap import DEFAULT_CLAP
+
+    resolve_model_source(clap_model or DEFAULT_CLAP)  # a missing folder or uncached id fails before any model loads
 
 
 def _embedding_model(model_name: str | None, backend: str, device: str, dtype: str):
