@@ -44,15 +44,47 @@ def planted_groups(n_groups=24, per_group=4, latent=5, seed=0):
     return X, groups, consistent
 
 
-def test_selection_picks_the_latent_that_varies_within_disagreeing_groups():
+def test_spread_score_picks_the_latent_that_varies_within_disagreeing_groups():
     X, groups, consistent = planted_groups()
-    finder = LFSteering(axis_sae(D), top_k=3).fit(X, groups, consistent)
+    finder = LFSteering(axis_sae(D), top_k=3, score="spread").fit(X, groups, consistent)
     assert int(finder.latents_[0]) == 5 and finder.scores_[5] > 0.5
     assert (finder.scores_[finder.latents_] > 0).all() and len(finder.latents_) <= 3
     assert torch.isclose(finder.bias_[0], torch.tensor(3.0)) and (finder.pull_ == 1).all()
-    shift = LFSteering(axis_sae(D), top_k=1, mode="shift").fit(X, groups, consistent)
+    shift = LFSteering(axis_sae(D), top_k=1, mode="shift", score="spread").fit(X, groups, consistent)
     z = axis_sae(D).encode(X)[:, 5]
     assert torch.isclose(shift.bias_[0], z[consistent].mean() - z[~consistent].mean()) and (shift.pull_ == 0).all()
+
+
+def test_contrast_score_picks_the_latent_active_when_answers_agree():
+    X, groups, consistent = planted_groups()
+    X[:, 11] = 1.0 + 1.5 * consistent.float()  # latent 11 fires harder in agreeing groups; latent 5 only wobbles
+    finder = LFSteering(axis_sae(D), top_k=2).fit(X, groups, consistent)
+    assert finder.score == "contrast" and int(finder.latents_[0]) == 11 and 5 not in finder.latents_.tolist()
+    z = axis_sae(D).encode(X)
+    assert torch.isclose(finder.scores_[11], (z[consistent, 11].mean() - z[~consistent, 11].mean()) / z[:, 11].std(
+        unbiased=False))
+    spread = LFSteering(axis_sae(D), top_k=2, score="spread").fit(X, groups, consistent)
+    assert int(spread.latents_[0]) == 5
+    with pytest.raises(PolysteerError, match="score must be one of"):
+        LFSteering(axis_sae(D), score="variance").fit(X, groups, consistent)
+
+
+def test_localization_picks_the_layer_that_encodes_agreement():
+    from polysteer.plugins.sae.lf_layers import localize_layers, paraphrase_pairs
+
+    g = torch.Generator().manual_seed(3)
+    groups = torch.arange(20).repeat_interleave(4)
+    agree_group = groups % 2 == 0
+    X = {f"text.blocks.{i}.resid_post": torch.randn(80, 12, generator=g) for i in range(4)}
+    X["text.blocks.2.resid_post"][:, 0] += 2.5 * agree_group.float()  # only layer 2 knows the answers will agree
+    pairs = paraphrase_pairs(groups.tolist())
+    assert len(pairs) == 20 * 6 and pairs[0] == (0, 1)
+    agree = [bool(agree_group[i]) for i, _ in pairs]
+    found = localize_layers(X, groups.tolist(), pairs, agree)
+    assert found.best == "text.blocks.2.resid_post" and found.accuracy[found.best] > 0.9
+    assert max(a for hp, a in found.accuracy.items() if hp != found.best) < 0.75 and found.chance == 0.5
+    with pytest.raises(PolysteerError, match="all 120 pairs agree"):
+        localize_layers(X, groups.tolist(), pairs, [True] * len(pairs))
 
 
 def test_selection_refuses_bad_inputs():
@@ -121,7 +153,8 @@ def test_artifact_round_trips_and_to_plan_rebuilds_the_operator(tmp_path, llama)
     lf_direction(finder, HP, tmp_path / "sae", coefficient=0.5).save(tmp_path / "lf.safetensors")
     shutil.rmtree(tmp_path / "sae")  # the file carries the SAE tensors it needs
     loaded = Direction.load(tmp_path / "lf.safetensors")
-    assert loaded.operator == "sae_bias" and loaded.finder["params"] == {"top_k": 2, "mode": "pull"}
+    assert loaded.operator == "sae_bias"
+    assert loaded.finder["params"] == {"top_k": 2, "mode": "pull", "score": "contrast"}
     op = loaded.to_plan().interventions[0].operator
     assert isinstance(op, SAEBias) and torch.equal(op.sae.W_dec[op.latents], sae.W_dec[finder.latents_])
     assert torch.equal(op.bias, finder.bias_) and torch.equal(op.pull, finder.pull_)

@@ -31,6 +31,17 @@ def test_find_vti_writes_a_direction_file(vti_file):
     direction = Direction.load(vti_file)
     assert direction.modality == "vision_language" and direction.provenance["demos"] == "scenes:3"
     assert len(direction.vectors) == 3 and len(direction.extras) == 3
+    assert direction.provenance["pca"] == "joint"
+
+
+def test_find_vti_per_token_pca_and_a_bad_mode(tmp_path):
+    out = tmp_path / "per_token.safetensors"
+    result = run("find-vti", "--model", "tiny-llava", "--demos", "scenes:2", "--trials", "2", "--pca", "per-token",
+                 "--vision-layers", "1", "--text-layers", "1", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert Direction.load(out).provenance["pca"] == "per-token"
+    with pytest.raises(PolysteerError, match="unknown --pca 'global'"):
+        run("find-vti", "--model", "tiny-llava", "--pca", "global", "-o", str(out))
 
 
 def test_describe_and_refuse_a_foreign_direction(vti_file, tmp_path):
@@ -149,8 +160,11 @@ def test_vti_chair_benchmark_runs_end_to_end(tmp_path):
     spec.loader.exec_module(module)
     results = module.main(["--n-images", "3", "--n-demos", "2", "--trials", "3", "--max-new-tokens", "6",
                            "--train-steps", "2", "--no-ablation", "--out", str(tmp_path)])
-    assert set(results) == {"unsteered", "VTI"}
+    assert set(results) == {"unsteered", "VTI joint PCA", "VTI per-token PCA"}
+    assert set(results["unsteered"]["chair"]) == {"data", "coco-legacy", "coco"}
     table = (tmp_path / "README.md").read_text()
-    assert "| unsteered |" in table and "| VTI |" in table and "What it cannot show" in table
+    assert "| VTI joint PCA |" in table and "| VTI per-token PCA |" in table and "What it cannot show" in table
+    assert "coco reference (after)" in table and "load average" in table
     assert (tmp_path / "chair.png").stat().st_size > 0
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["VTI"]["chair_s"] == results["VTI"]["chair_s"]
+    saved = json.loads((tmp_path / "results.json").read_text())["results"]["VTI joint PCA"]
+    assert saved["chair_s"] == results["VTI joint PCA"]["chair_s"]

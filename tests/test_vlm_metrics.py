@@ -1,5 +1,7 @@
 """CHAIR and POPE on hand-made captions and answers with known results; the synthetic scenes' ground truth."""
 
+import json
+
 import pytest
 
 from polysteer import PolysteerError
@@ -106,3 +108,51 @@ def test_scenes_ground_truth_scores_perfectly_and_hallucinated_captions_do_not()
 def test_evaluators_are_registered():
     evaluators = registry("evaluators")
     assert evaluators["chair"] is Chair and evaluators["pope"] is Pope and "clip-score" in evaluators
+
+
+def test_chair_reference_synonyms_and_rules():
+    from polysteer.modalities.vision_language.coco import chair_synonyms, chair_vocabulary
+
+    table = chair_synonyms()
+    assert len(table) == 80 and "puppy" in table["dog"] and "hot dog" in table and table["stop sign"] == ()
+    vocab = chair_vocabulary()
+    assert vocab.mentions("A puppy chases a kitten.") == ["dog", "cat"]
+    assert vocab.mentions("A baby elephant and a passenger jet.") == ["elephant", "airplane"]  # no person
+    assert vocab.mentions("A toilet seat, and a seat by the toilets.") == ["toilet", "toilet"]  # no chair
+    assert vocab.mentions("A man on a seat.") == ["person", "chair"]
+    legacy = ObjectVocabulary(COCO_SYNONYMS)
+    caption = "A surfer with a bow and a baby dog."
+    assert vocab.mentions(caption) == ["tie", "dog"] and legacy.mentions(caption) == ["person", "person", "dog"]
+    result = chair(["A puppy on the couch."], [["dog"]], vocab)
+    assert result.mentions == 2 and result.per_caption[0]["hallucinated"] == ["couch"]
+    assert Chair().evaluate(["a puppy"], objects=[["dog"]]) == [0.0]  # the evaluator uses the reference list
+
+
+def write_coco(tmp_path):
+    (tmp_path / "images").mkdir()
+    instances = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+                 "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+                 "annotations": [{"image_id": 1, "category_id": 18}]}
+    captions = {"images": instances["images"],
+                "annotations": [{"image_id": 1, "caption": "A woman walks her puppy past a bench."},
+                                {"image_id": 1, "caption": "A dog on a leash."},
+                                {"image_id": 2, "caption": "Two skiers carry their surfboards."}]}
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    return tmp_path / "instances.json", tmp_path / "images", tmp_path / "captions.json"
+
+
+def test_chair_ground_truth_comes_from_instances_and_captions(tmp_path):
+    from polysteer.modalities.vision_language.coco import chair_vocabulary, read_coco
+
+    instances, images, captions = write_coco(tmp_path)
+    only_instances = read_coco(instances, images)
+    both = read_coco(instances, images, captions=captions)
+    assert [r["objects"] for r in only_instances] == [["dog"]]  # image 2 has no instance annotation
+    assert [r["objects"] for r in both] == [["bench", "dog", "person"], ["person", "surfboard"]]
+    caption = ["A man with his puppy on a bench."]
+    assert chair(caption, [only_instances[0]["objects"]], chair_vocabulary()).chair_s == 1.0
+    assert chair(caption, [both[0]["objects"]], chair_vocabulary()).chair_s == 0.0
+    (tmp_path / "bad.json").write_text(json.dumps({"annotations": [{"caption": "no id"}]}))
+    with pytest.raises(PolysteerError, match="not a COCO captions file"):
+        read_coco(instances, images, captions=tmp_path / "bad.json")

@@ -15,9 +15,11 @@ from polysteer.modalities.vision_language.tiny import tiny_vlm
 from polysteer.modalities.vision_language.vti import (
     VTI,
     TokenRotate,
+    joint_rank1,
     mask_patches,
     rank1_direction,
     visual_directions,
+    visual_shifts,
     vti_plan,
 )
 from polysteer.modalities.vision_language.workflow import caption_direction, direction_plan, find_vti
@@ -38,6 +40,49 @@ def sklearn_rank1(diffs: np.ndarray) -> np.ndarray:
     pca = PCA(n_components=1).fit(diffs)
     pc1, mean = pca.components_[0], pca.mean_
     return (pc1 if pc1 @ mean >= 0 else -pc1) + mean
+
+
+def reference_rank1(rows: np.ndarray) -> np.ndarray:
+    """The VTI reference recipe by hand: PCA by SVD of the centred rows, ``svd_flip`` on U, then PC1 + mean."""
+    mean = rows.mean(0)
+    u, _, vt = np.linalg.svd(rows - mean, full_matrices=False)
+    sign = np.sign(u[np.argmax(np.abs(u[:, 0])), 0])
+    return sign * vt[0] + mean
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def layered_pairs(layers=3, n=6, d=8, seed=5):
+    """Paired states per layer whose shifts vary strongly (so PC1 matters next to the mean) and differ by layer."""
+    g = torch.Generator().manual_seed(seed)
+    X_neg = {f"text.blocks.{i}.resid_post": torch.randn(n, d, generator=g) for i in range(layers)}
+    X_pos = {hp: x + 0.6 + (i + 1) * torch.randn(n, 1, generator=g) * torch.randn(d, generator=g)
+             for i, (hp, x) in enumerate(X_neg.items())}
+    return X_pos, X_neg
+
+
+def test_joint_pca_is_the_reference_recipe_across_layers_and_differs_from_per_token():
+    X_pos, X_neg = layered_pairs()
+    points = list(X_pos)
+    joint = VTI().fit_layers(X_pos, X_neg)
+    per_token = VTI(pca="per-token").fit_layers(X_pos, X_neg)
+    stacked = np.concatenate([(X_pos[hp] - X_neg[hp]).double().numpy() for hp in points], axis=1)  # [demos, L*d]
+    want = reference_rank1(stacked).reshape(len(points), -1)  # one PCA, one direction per layer
+    cosines = []
+    for i, hp in enumerate(points):
+        oriented = want[i] if want[i] @ (X_pos[hp] - X_neg[hp]).mean(0).double().numpy() > 0 else -want[i]
+        np.testing.assert_allclose(joint[hp].direction_.numpy(), oriented / np.linalg.norm(oriented), atol=1e-5)
+        cosines.append(cosine(joint[hp].direction_, per_token[hp].direction_))
+    assert min(cosines) < 0.99  # the joint PC1 is unit across layers, so each layer mixes it with its mean differently
+    torch.testing.assert_close(joint_rank1(torch.as_tensor(stacked)), torch.as_tensor(want.reshape(-1)).float())
+    single = VTI().fit(X_pos[points[0]], X_neg[points[0]])  # one layer alone: its own joint PCA
+    alone = VTI().fit_layers({points[0]: X_pos[points[0]]}, {points[0]: X_neg[points[0]]})[points[0]]
+    torch.testing.assert_close(single.direction_, alone.direction_)
+    with pytest.raises(PolysteerError, match="pca"):
+        VTI(pca="global").fit(X_pos[points[0]], X_neg[points[0]])
 
 
 def test_rank1_direction_is_pc1_plus_mean():
@@ -70,8 +115,10 @@ def test_visual_directions_equal_a_direct_pca_on_the_same_tensors(llava, demos):
     model, processor = llava
     images = [d.load_image() for d in demos]
     trials, ratio, seed = 6, 0.75, 3
-    got = visual_directions(model, processor, images, trials=trials, ratio=ratio, batch_size=4, seed=seed)
-    assert sorted(got) == [f"vision.blocks.{i}.resid_post" for i in range(3)]
+    got = visual_directions(model, processor, images, trials=trials, ratio=ratio, batch_size=4, seed=seed,
+                            pca="per-token")
+    joint = visual_directions(model, processor, images, trials=trials, ratio=ratio, batch_size=4, seed=seed)
+    assert sorted(got) == sorted(joint) == [f"vision.blocks.{i}.resid_post" for i in range(3)]
     tower = model.model.vision_tower
     diffs = []
     with torch.no_grad():
@@ -86,13 +133,19 @@ def test_visual_directions_equal_a_direct_pca_on_the_same_tensors(llava, demos):
             stack = np.stack([diffs[k][layer][token] for k in range(len(images))]).astype(np.float64)
             np.testing.assert_allclose(got[f"vision.blocks.{layer}.resid_post"][token].numpy(),
                                        sklearn_rank1(stack), rtol=1e-4, atol=1e-5)
+    for token in range(17):  # joint: per token, one PCA over all layers' shifts concatenated
+        rows = np.stack([np.concatenate([diffs[k][layer][token] for layer in range(3)]) for k in range(len(images))])
+        want = reference_rank1(rows.astype(np.float64)).reshape(3, -1)
+        for layer in range(3):
+            np.testing.assert_allclose(joint[f"vision.blocks.{layer}.resid_post"][token].numpy(), want[layer],
+                                       rtol=1e-4, atol=1e-5)
 
 
 def test_vti_finder_is_the_normalised_rank1_direction():
     torch.manual_seed(2)
     X_neg = torch.randn(6, 10)
     X_pos = X_neg + torch.tensor([2.0] + [0.0] * 9) + 0.3 * torch.randn(6, 10)
-    fitted = VTI().fit(X_pos, X_neg)
+    fitted = VTI(pca="per-token").fit(X_pos, X_neg)
     want = torch.as_tensor(sklearn_rank1((X_pos - X_neg).double().numpy()), dtype=torch.float32)
     torch.testing.assert_close(fitted.direction_, want / want.norm(), rtol=1e-5, atol=1e-5)
     assert fitted.scale_ > 0 and fitted.direction_[0] > 0.8  # mean shift (norm 2) plus unit PC1
@@ -170,3 +223,16 @@ def test_vti_on_the_idefics3_layout(demos):
     assert direction.extras["vision.blocks.1.mlp_out"].shape == (16, 32)  # no CLS token in this tower
     images = [d.load_image() for d in demos[:2]]
     assert not torch.allclose(logits(model, processor, images), logits(model, processor, images, vti_plan(direction)))
+
+
+def test_idefics3_crops_are_separate_pca_samples(demos):
+    model, processor = tiny_vlm("idefics3")
+    images = processor.image_processor
+    images.do_image_splitting, images.size = True, {"longest_edge": 2 * images.max_image_size["longest_edge"]}
+    crops = images(images=[[demos[0].load_image()]], return_tensors="pt")["pixel_values"].shape[1]
+    point = "vision.blocks.1.resid_post"
+    shifts = visual_shifts(model, processor, [d.load_image() for d in demos[:2]], [point], 2, 0.9, 4, 0)[point]
+    assert crops == 5 and shifts.shape == (2 * crops, 16, 32)  # 4 tiles + the global view, each a sample
+    assert not torch.allclose(shifts[0], shifts[1])  # not one averaged row repeated
+    table = visual_directions(model, processor, [d.load_image() for d in demos[:2]], [1], 2, 0.9, 4, 0)[point]
+    torch.testing.assert_close(table, joint_rank1(shifts.transpose(0, 1)))

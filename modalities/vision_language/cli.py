@@ -64,12 +64,14 @@ def vlm():
 @click.option("--alpha-text", default=0.9, show_default=True, type=FINITE_FLOAT)
 @layers_option("--vision-layers", help="Vision-tower blocks (default: all).")
 @layers_option("--text-layers", help="Text-tower blocks (default: all).")
+@click.option("--pca", type=CheckedChoice(["joint", "per-token"]), default="joint", show_default=True,
+              help="joint: one PCA across the chosen layers (the reference code); per-token: one per layer and token.")
 @prompt_option
 @click.option("--batch-size", default=8, show_default=True, type=POSITIVE_INT)
 @seed_option()
 @output_option(help="Direction file to write (.safetensors).")
 def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha_vision, alpha_text, vision_layers,
-                     text_layers, prompt, batch_size, seed, output):
+                     text_layers, pca, prompt, batch_size, seed, output):
     """Find VTI's visual and textual directions from demo images with clean and hallucinated captions."""
     from polysteer.modalities.vision_language.dataset import demo_pairs, load_samples
     from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
@@ -83,7 +85,7 @@ def find_vti_command(model_name, device, dtype, demos, trials, mask_ratio, alpha
     direction = find_vti(model, processor, samples,
                          resolve_layers(vision_layers, modality.n_layers(model, "vision")),
                          resolve_layers(text_layers, modality.n_layers(model, "text")), trials, mask_ratio,
-                         alpha_vision, alpha_text, prompt or DESCRIBE_PROMPT, batch_size, seed)
+                         alpha_vision, alpha_text, prompt or DESCRIBE_PROMPT, batch_size, seed, pca)
     direction.provenance["demos"] = demos
     direction.save(output)
     click.echo(f"wrote {output}: VTI over {len(direction.vectors)} text and {len(direction.extras)} vision layers")
@@ -130,7 +132,7 @@ def find_command(model_name, device, dtype, demos, finder, finder_params, layers
                    "which objects each mentions (in the scene or not, with --objects).")
 @click.option("--objects", type=words_type,
               help="With --compare: the objects really in the image(s), comma-separated (e.g. car,tree,sun).")
-@click.option("--vocabulary", type=CheckedChoice(["coco", "scenes"]),
+@click.option("--vocabulary", type=CheckedChoice(["coco", "coco-legacy", "scenes"]),
               help="With --compare: the object words to look for (default: scenes for tiny- models, else coco).")
 def describe(images, model_name, device, dtype, direction, alpha_vision, alpha_text, force, prompt, max_new_tokens,
              compare, objects, vocabulary):
@@ -214,22 +216,26 @@ def _echo_comparison(path: str, runs: dict, words, objects: list[str] | None) ->
               help="'scenes:N[:SEED]' or JSONL rows {image, objects}.")
 @click.option("--coco-annotations", type=input_type(), help="COCO instances JSON (instead of --data).")
 @click.option("--coco-images", type=input_type("dir"), help="Folder of the COCO images.")
+@click.option("--coco-captions", type=input_type(),
+              help="COCO captions JSON: objects its captions mention join the ground truth (as CHAIR's reference).")
 @click.option("--n", "n_images", type=POSITIVE_INT, help="Use this many images (COCO: sampled with --seed).")
 @steer_options
 @click.option("--split", type=CheckedChoice(["random", "popular", "adversarial"]), default="adversarial",
               show_default=True, help="POPE negative sampling.")
-@click.option("--vocabulary", type=CheckedChoice(["coco", "scenes"]), help="CHAIR objects (default: by data).")
+@click.option("--vocabulary", type=CheckedChoice(["coco", "coco-legacy", "scenes"]),
+              help="CHAIR objects: coco is CHAIR's published list, coco-legacy polysteer's earlier one "
+                   "(default: by data).")
 @prompt_option
 @max_new_tokens_option(64, help="Caption length (POPE answers use 4).")
 @seed_option()
 @output_option(required=False, help="Write the results (and captions/answers) as JSON.")
-def eval_command(metric, model_name, device, dtype, data, coco_annotations, coco_images, n_images, direction,
-                 alpha_vision, alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
+def eval_command(metric, model_name, device, dtype, data, coco_annotations, coco_images, coco_captions, n_images,
+                 direction, alpha_vision, alpha_text, force, split, vocabulary, prompt, max_new_tokens, seed, output):
     """CHAIR or POPE on a dataset, unsteered and (with -d) steered too."""
     from polysteer.modalities.vision_language.workflow import direction_plan, load_vlm
 
     _check_steering(direction, alpha_vision, alpha_text)
-    samples, default_vocabulary = _eval_samples(data, coco_annotations, coco_images, n_images, seed)
+    samples, default_vocabulary = _eval_samples(data, coco_annotations, coco_images, n_images, seed, coco_captions)
     model, processor = load_vlm(model_name, device, dtype)
     plans = {"unsteered": None}
     if direction:
@@ -259,14 +265,17 @@ def _open_image(path: str):
         raise PolysteerError(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def _eval_samples(data, annotations, images, n, seed):
+def _eval_samples(data, annotations, images, n, seed, captions=None):
     from polysteer.modalities.vision_language.coco import read_coco
     from polysteer.modalities.vision_language.dataset import Sample, load_samples
 
     if bool(annotations) != bool(images):
         raise PolysteerError("--coco-annotations and --coco-images go together (the instances JSON and its images)")
+    if captions and not annotations:
+        raise PolysteerError("--coco-captions adds to the COCO ground truth: give --coco-annotations and --coco-images")
     if annotations:
-        return [Sample(r["image"], r["objects"]) for r in read_coco(annotations, images, n, seed)], "coco"
+        rows = read_coco(annotations, images, n, seed, captions)
+        return [Sample(r["image"], r["objects"]) for r in rows], "coco"
     samples = load_samples(data)
     return samples[:n] if n else samples, "scenes" if data.startswith("scenes:") else "coco"
 

@@ -21,10 +21,15 @@ from polysteer.modalities.vision_language.hallucination import (
 
 
 def vocabulary_for(synonyms: "str | Mapping[str, Iterable[str]] | ObjectVocabulary") -> ObjectVocabulary:
-    """``'coco'`` (the 80 COCO categories), ``'scenes'`` (the synthetic objects), a synonym table or a vocabulary."""
+    """``'coco'`` (CHAIR's published list and rules), ``'coco-legacy'`` (polysteer's earlier list), ``'scenes'``
+    (the synthetic objects), a synonym table or a vocabulary."""
     if isinstance(synonyms, ObjectVocabulary):
         return synonyms
     if synonyms == "coco":
+        from polysteer.modalities.vision_language.coco import chair_vocabulary
+
+        return chair_vocabulary()
+    if synonyms == "coco-legacy":
         from polysteer.modalities.vision_language.coco import COCO_SYNONYMS
 
         return ObjectVocabulary(COCO_SYNONYMS)

@@ -30,9 +30,14 @@ class ObjectVocabulary:
 
     Args:
         synonyms: canonical name -> surface forms, e.g. ``{"person": ["man", "woman", "people"]}``.
+        phrases: two-word phrases read as one other word before the lookup, e.g. ``{"baby dog": "dog"}`` (CHAIR's
+            rules: a "baby dog" is a dog, not a person); the word may name no object (``"baby animal": "animal"``).
+        exclusions: word -> context word; the word is not a mention in a caption that has the context word
+            (CHAIR: ``{"seat": "toilet"}``, a toilet's seat is not a chair).
     """
 
-    def __init__(self, synonyms: Mapping[str, Iterable[str]]):
+    def __init__(self, synonyms: Mapping[str, Iterable[str]], phrases: Mapping[str, str] | None = None,
+                 exclusions: Mapping[str, str] | None = None):
         self.lookup: dict[tuple[str, ...], str] = {}
         for name, forms in synonyms.items():
             for form in {name, *forms}:
@@ -40,6 +45,8 @@ class ObjectVocabulary:
         if not self.lookup:
             raise PolysteerError("an object vocabulary needs at least one object")
         self.longest = max(len(key) for key in self.lookup)
+        self.phrases = {tuple(k.lower().split()): tuple(v.lower().split()) for k, v in (phrases or {}).items()}
+        self.exclusions = {k.lower(): v.lower() for k, v in (exclusions or {}).items()}
 
     def canonical(self, name: str) -> str:
         """The canonical name of a ground-truth object (itself when unknown)."""
@@ -48,17 +55,39 @@ class ObjectVocabulary:
     def mentions(self, caption: str) -> list[str]:
         """Canonical objects mentioned in ``caption``, left to right, longest phrase first."""
         words = re.findall(r"[a-z]+", caption.lower())
+        context = {form for w in words for form in (w, *_singulars(w))}
         found, i = [], 0
         while i < len(words):
+            rewritten = self._phrase(words[i : i + 2])
+            if rewritten is not None:
+                name = self._match(rewritten)
+                found += [(rewritten, name)] if name is not None else []
+                i += 2
+                continue
             for n in range(min(self.longest, len(words) - i), 0, -1):
                 name = self._match(words[i : i + n])
                 if name is not None:
-                    found.append(name)
+                    found.append((tuple(words[i : i + n]), name))
                     i += n
                     break
             else:
                 i += 1
-        return found
+        return [name for surface, name in found if not self._excluded(surface, context)]
+
+    def _phrase(self, pair: Sequence[str]) -> tuple[str, ...] | None:
+        if len(pair) < 2 or not self.phrases:
+            return None
+        for form in (pair[1], *_singulars(pair[1])):
+            if (pair[0], form) in self.phrases:
+                return self.phrases[(pair[0], form)]
+        return None
+
+    def _excluded(self, surface: tuple[str, ...], context: set[str]) -> bool:
+        word = surface[-1] if len(surface) == 1 else None
+        if word is None:
+            return False
+        forms = (word, *_singulars(word))
+        return any(self.exclusions.get(f) in context for f in forms if f in self.exclusions)
 
     def _match(self, words: Sequence[str]) -> str | None:
         head, last = tuple(words[:-1]), words[-1]
@@ -192,10 +221,11 @@ class Chair(Evaluator):
 
     def __init__(self, synonyms: Mapping[str, Iterable[str]] | None = None):
         if synonyms is None:
-            from polysteer.modalities.vision_language.coco import COCO_SYNONYMS
+            from polysteer.modalities.vision_language.coco import chair_vocabulary
 
-            synonyms = COCO_SYNONYMS
-        self.vocabulary = ObjectVocabulary(synonyms)
+            self.vocabulary = chair_vocabulary()
+        else:
+            self.vocabulary = ObjectVocabulary(synonyms)
 
     def evaluate(self, outputs, objects: Sequence[Iterable[str]] = (), **context):
         result = chair(list(outputs), list(objects), self.vocabulary)

@@ -2,13 +2,24 @@
 
 Visual directions, per vision-encoder layer and token position: the encoder states of an image whose
 patches are mostly replaced by the channel mean, averaged over ``trials`` random maskings, minus the
-clean image's states; one vector per token from a rank-1 PCA over the demo images. Textual
-directions, per decoder layer: the last-token state after a clean caption minus the same after a
-hallucinated caption, same PCA. Both are injected at each layer's MLP output with the norm-preserving
-rotation ``||y|| * normalize(normalize(y) + 0.1 * alpha * normalize(d))``.
+clean image's states. Textual directions, per decoder layer: the last-token state after a clean caption
+minus the same after a hallucinated caption. Both are injected at each layer's MLP output with the
+norm-preserving rotation ``||y|| * normalize(normalize(y) + 0.1 * alpha * normalize(d))``.
 
-The rank-1 PCA is the reference code's ``PC1 + mean`` of the per-demo differences, computed for each
-(layer, token) separately as the paper describes; PC1's sign is chosen to agree with the mean.
+Both directions are ``PC1 + mean`` of the per-demo shifts. ``pca`` chooses what one PCA spans:
+
+- ``joint`` (default, the reference code's ``obtain_textual_vti`` / ``obtain_visual_vti``): the shifts of all
+  chosen layers are concatenated into one vector per demo and one PCA is fitted over those vectors; each
+  layer's direction is its slice of ``PC1 + mean``, so PC1 is unit-norm across layers, not per layer. Text: one
+  PCA over ``[layers * d]``. Vision: one PCA per token position over ``[layers * d]`` (the reference reshapes its
+  ``[layers, tokens, d]`` stack to ``[tokens, layers * d]`` without a transpose, so its rows are contiguous
+  chunks of the layer-major buffer; we follow the evident intent, token ``t`` across all layers). PC1's sign
+  is the reference's ``svd_flip``: the demo with the largest absolute score gets a positive one.
+- ``per-token``: one PCA per layer (and, for vision, per token), PC1 signed to agree with the mean.
+
+Idefics3/SmolVLM split an image into crops that the vision tower encodes as separate images, and one
+per-token table is applied to every crop; so each crop's shift is one PCA sample (demos x crops rows), as each
+view is its own encoder input in the reference. For one-view models (LLaVA) this is the reference exactly.
 """
 
 from __future__ import annotations
@@ -23,13 +34,14 @@ from tqdm.auto import tqdm
 from polysteer.direction import Direction
 from polysteer.engine import Intervention, Plan
 from polysteer.errors import PolysteerError
-from polysteer.finder import DirectionFinder, check_inputs, finish_direction
+from polysteer.finder import DirectionFinder, check_inputs, finish_direction, fit_layers
 from polysteer.hookpoints import HookPoint
 from polysteer.modalities.vision_language.generation import pixel_inputs, vision_states
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
 from polysteer.operator import Operator
 
 GAIN = 0.1  # VTI's fixed step size inside the rotation
+PCA_MODES = ("joint", "per-token")
 
 
 def rank1_direction(diffs: torch.Tensor) -> torch.Tensor:
@@ -49,22 +61,74 @@ def rank1_direction(diffs: torch.Tensor) -> torch.Tensor:
     return (sign * pc1 + mean).float()
 
 
+def joint_rank1(rows: torch.Tensor) -> torch.Tensor:
+    """The reference's ``PC1 + mean`` of each ``[..., n, D]`` stack, PC1 signed as scikit-learn's ``svd_flip``.
+
+    ``svd_flip`` makes the largest-magnitude entry of the left singular vector (the demos' PC1 scores) positive.
+    """
+    rows = rows.double()
+    mean = rows.mean(-2)
+    centred = rows - mean.unsqueeze(-2)
+    _, vectors = torch.linalg.eigh(centred @ centred.transpose(-1, -2))
+    scores = vectors[..., -1]  # unit left singular vector: one score per demo
+    pc1 = (scores.unsqueeze(-2) @ centred).squeeze(-2)
+    pc1 = pc1 / pc1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sign = torch.sign(scores.gather(-1, scores.abs().argmax(-1, keepdim=True)))
+    return (sign * pc1 + mean).float()
+
+
+def _check_pca(pca: str) -> None:
+    if pca not in PCA_MODES:
+        raise PolysteerError(f"VTI pca must be one of {PCA_MODES}, got {pca!r}")
+
+
 class VTI(DirectionFinder):
     """VTI's textual direction: ``PC1 + mean`` of the paired differences ``x_pos_i - x_neg_i``.
 
     Positives are states after clean captions, negatives after hallucinated ones, paired by image.
     ``direction_`` is the unit vector; ``mean_shift_`` the mean difference it is built around.
+
+    Args:
+        pca: ``joint`` (one PCA across all layers fitted together, see :meth:`fit_layers`; one layer alone is its
+            own joint PCA, signed as the reference) or ``per-token`` (one PCA per layer, PC1 signed by the mean).
     """
 
     name = "vti"
 
+    def __init__(self, pca: str = "joint"):
+        self.pca = pca
+
     def fit(self, X_pos, X_neg):
+        X_pos, X_neg = self._check(X_pos, X_neg)
+        rank1 = joint_rank1 if self.pca == "joint" else rank1_direction
+        return self._finish(rank1(X_pos - X_neg), X_pos, X_neg)
+
+    def fit_layers(self, X_pos: dict[str, torch.Tensor], X_neg: dict[str, torch.Tensor]) -> dict[str, "VTI"]:
+        """One fitted clone per hook point; with ``pca='joint'`` all layers share one PCA, as the reference."""
+        if self.pca != "joint" or len(X_pos) < 2:
+            return fit_layers(self, X_pos, X_neg)
+        if set(X_pos) != set(X_neg):
+            raise PolysteerError(f"positive and negative activations differ in hook points: "
+                                 f"{sorted(set(X_pos) ^ set(X_neg))}")
+        points = list(X_pos)
+        pairs = {hp: self._check(X_pos[hp], X_neg[hp]) for hp in points}
+        joint = joint_rank1(torch.cat([p - n for p, n in pairs.values()], dim=1))
+        slices = joint.split([pairs[hp][0].shape[1] for hp in points])
+        return {hp: VTI(self.pca)._finish(v, *pairs[hp]) for hp, v in zip(points, slices)}
+
+    def _check(self, X_pos, X_neg) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_pca(self.pca)
         X_pos, X_neg = check_inputs(X_pos, X_neg)
         if len(X_pos) != len(X_neg):
             raise PolysteerError(f"vti needs paired demos (one clean and one hallucinated caption per image), got "
                                  f"{len(X_pos)} positives and {len(X_neg)} negatives")
+        return X_pos, X_neg
+
+    def _finish(self, v: torch.Tensor, X_pos: torch.Tensor, X_neg: torch.Tensor) -> "VTI":
+        """Unit ``v``, oriented so clean captions project higher (the finder contract; the reference never flips,
+        which differs only where a layer's slice of PC1 outweighs its mean shift and points against it)."""
         self.mean_shift_ = (X_pos - X_neg).mean(0)
-        self.direction_, self.scale_ = finish_direction(rank1_direction(X_pos - X_neg), X_pos, X_neg)
+        self.direction_, self.scale_ = finish_direction(v, X_pos, X_neg)
         return self
 
 
@@ -88,34 +152,28 @@ def mask_patches(pixels: torch.Tensor, patch_size: int, ratio: float = 0.99,
 
 def masked_mean_states(model, hook_points: Sequence[str], pixels: dict[str, torch.Tensor], trials: int,
                        ratio: float, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Vision states ``[tokens, d]`` averaged over ``trials`` masked copies of one image (and its crops)."""
+    """Vision states ``[crops, tokens, d]`` of one image, each crop averaged over ``trials`` masked copies."""
     patch = int(model.config.vision_config.patch_size)
     one = pixels["pixel_values"]
     copies = mask_patches(one.expand(trials, *one.shape[1:]), patch, ratio, generator)
     total: dict[str, torch.Tensor] = {}
-    rows = 0
     for start in range(0, trials, batch_size):
         chunk = copies[start : start + batch_size]
         # contiguous: Idefics3 views its pixel_attention_mask, which fails on an expanded (stride-0) tensor
         inputs = {k: chunk if k == "pixel_values" else v.expand(len(chunk), *v.shape[1:]).contiguous()
                   for k, v in pixels.items()}
-        states = vision_states(model, hook_points, inputs)
-        for hp, h in states.items():
-            total[hp] = total.get(hp, 0) + h.sum(0)
-        rows += len(next(iter(states.values())))  # copies x crops
-    return {hp: t / rows for hp, t in total.items()}
+        for hp, h in vision_states(model, hook_points, inputs).items():
+            per_copy = h.view(len(chunk), -1, *h.shape[1:])  # rows are copy-major: [copies, crops, tokens, d]
+            total[hp] = total.get(hp, 0) + per_copy.sum(0)
+    return {hp: t / trials for hp, t in total.items()}
 
 
-def visual_directions(model, processor, images: Sequence[Image.Image], layers: Sequence[int] | None = None,
-                      trials: int = 50, ratio: float = 0.99, batch_size: int = 10, seed: int = 0
-                      ) -> dict[str, torch.Tensor]:
-    """Per-token visual directions ``{vision.blocks.{i}.resid_post: [tokens, d_vision]}`` (layer outputs).
+def visual_shifts(model, processor, images: Sequence[Image.Image], points: Sequence[str], trials: int,
+                  ratio: float, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Masked-minus-clean states ``{hook_point: [demos * crops, tokens, d]}``, one row per crop of each demo.
 
     Demo ``k``'s maskings are drawn from ``torch.Generator().manual_seed(seed + k)``.
     """
-    modality = VisionLanguageModality()
-    layers = range(modality.n_layers(model, "vision")) if layers is None else layers
-    points = [str(HookPoint("vision", i, "resid_post")) for i in layers]
     diffs: dict[str, list[torch.Tensor]] = {hp: [] for hp in points}
     for k, image in enumerate(tqdm(images, desc="visual directions", leave=False, disable=len(images) == 1)):
         pixels = pixel_inputs(model, processor, [image])
@@ -123,8 +181,28 @@ def visual_directions(model, processor, images: Sequence[Image.Image], layers: S
         masked = masked_mean_states(model, points, pixels, trials, ratio, batch_size,
                                     torch.Generator().manual_seed(seed + k))
         for hp in points:
-            diffs[hp].append(masked[hp] - clean[hp].mean(0))
-    return {hp: rank1_direction(torch.stack(stack, dim=1)) for hp, stack in diffs.items()}
+            diffs[hp].append(masked[hp] - clean[hp])
+    return {hp: torch.cat(stack) for hp, stack in diffs.items()}
+
+
+def visual_directions(model, processor, images: Sequence[Image.Image], layers: Sequence[int] | None = None,
+                      trials: int = 50, ratio: float = 0.99, batch_size: int = 10, seed: int = 0,
+                      pca: str = "joint") -> dict[str, torch.Tensor]:
+    """Per-token visual directions ``{vision.blocks.{i}.resid_post: [tokens, d_vision]}`` (layer outputs).
+
+    ``pca='joint'``: per token, one PCA over the shifts of all ``layers`` concatenated (the reference);
+    ``'per-token'``: one PCA per layer and token. Every crop of every demo is one sample.
+    """
+    _check_pca(pca)
+    modality = VisionLanguageModality()
+    layers = range(modality.n_layers(model, "vision")) if layers is None else layers
+    points = [str(HookPoint("vision", i, "resid_post")) for i in layers]
+    shifts = visual_shifts(model, processor, images, points, trials, ratio, batch_size, seed)
+    if pca == "per-token":
+        return {hp: rank1_direction(rows.transpose(0, 1)) for hp, rows in shifts.items()}
+    widths = [shifts[hp].shape[-1] for hp in points]
+    joint = joint_rank1(torch.cat([shifts[hp] for hp in points], dim=-1).transpose(0, 1))  # [tokens, layers * d]
+    return {hp: table for hp, table in zip(points, joint.split(widths, dim=-1))}
 
 
 class TokenRotate(Operator):

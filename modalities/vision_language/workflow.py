@@ -20,7 +20,7 @@ from polysteer.hub import first_line, resolve_model_source
 from polysteer.modalities.vision_language.dataset import Sample, demo_pairs
 from polysteer.modalities.vision_language.generation import DESCRIBE_PROMPT
 from polysteer.modalities.vision_language.modality import VisionLanguageModality
-from polysteer.modalities.vision_language.vti import visual_directions, vti_plan
+from polysteer.modalities.vision_language.vti import VTI, visual_directions, vti_plan
 
 TINY_PREFIX = "tiny-"
 
@@ -88,7 +88,7 @@ def caption_direction(
     X_pos = modality.capture(model, processor, clean, read, pooling=pooling, batch_size=batch_size)
     X_neg = modality.capture(model, processor, hallucinated, read, pooling=pooling, batch_size=batch_size)
     proto = make_finder(finder, **finder_params)
-    fitted = fit_layers(proto, X_pos, X_neg)
+    fitted = proto.fit_layers(X_pos, X_neg) if isinstance(proto, VTI) else fit_layers(proto, X_pos, X_neg)
     filed = {str(HookPoint("text", HookPoint.parse(hp).layer, apply_site or read_site)): f for hp, f in fitted.items()}
     return Direction.from_fitted(
         filed, model=model, modality=modality, finder=proto, d_model=modality.d_model(model, read[0]),
@@ -109,23 +109,25 @@ def find_vti(
     prompt: str = DESCRIBE_PROMPT,
     batch_size: int = 8,
     seed: int = 0,
+    pca: str = "joint",
 ) -> Direction:
     """VTI's textual and visual directions in one file, to apply with :func:`vti.vti_plan`.
 
     Text vectors are the file's vectors (``text.blocks.{i}.mlp_out``); the per-token visual tables
     ``[tokens, d_vision]`` are its extras (``vision.blocks.{i}.mlp_out``), since the towers' widths differ.
+    ``pca``: ``joint`` (one PCA across the chosen layers, as the reference code) or ``per-token`` (see :mod:`vti`).
     """
     demos = demo_pairs(demos)
-    direction = caption_direction(model, processor, demos, "vti", text_layers, apply_site="mlp_out", prompt=prompt,
-                                  batch_size=batch_size)
+    direction = caption_direction(model, processor, demos, VTI(pca), text_layers, apply_site="mlp_out",
+                                  prompt=prompt, batch_size=batch_size)
     images = [d.load_image() for d in demos]
     visual = visual_directions(model, processor, images, _layers(model, "vision", vision_layers), trials, mask_ratio,
-                               batch_size, seed)
+                               batch_size, seed, pca)
     direction.extras = {str(HookPoint("vision", HookPoint.parse(hp).layer, "mlp_out")): table
                         for hp, table in visual.items()}
     direction.operator, direction.coefficient, direction.scales = "rotate", alpha_text, {}
     direction.provenance.update(alpha_vision=alpha_vision, trials=trials, mask_ratio=mask_ratio, seed=seed,
-                                vision_read_site="resid_post")
+                                vision_read_site="resid_post", pca=pca)
     return direction
 
 

@@ -8,6 +8,7 @@ from polysteer.plugins.sae.decompose import (
     norm_warning,
     reconstruction_cosine,
 )
+from polysteer.plugins.sae.lf_layers import LayerLocalization, localize_layers, paraphrase_pairs
 from polysteer.plugins.sae.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
 from polysteer.plugins.sae.model import SAE, STATS_FILE, load_sae, load_stats
 from polysteer.plugins.sae.saif import SAIF
@@ -28,6 +29,7 @@ __all__ = [
     "contrast_decomposition", "decoder_cosine", "evaluate_sae", "feature_direction", "feature_plan", "flow_chain",
     "flow_plan", "lf_direction", "lf_plan", "load_sae", "load_stats", "match_features", "norm_warning",
     "reconstruction_cosine", "train_sae",
+    "LayerLocalization", "localize_layers", "paraphrase_pairs",  # LF-Steering's layer localisation
 ]
 
 

@@ -1,10 +1,20 @@
 """LF-Steering (Yang et al. 2025): SAE latents behind inconsistent answers to paraphrases, steered in SAE space.
 
-Selection. Each paraphrase of a question gives one pooled activation, encoded by the SAE. For every latent the
-within-group spread (standard deviation over a group's paraphrases) is averaged separately over groups whose answers
-disagree and groups whose answers agree; the score is ``(sd_disagree - sd_agree) / sd_all``: how much more the latent
-moves between wordings when the wording changes the answer, in units of its own spread. The ``top_k`` latents with a
-positive score are kept.
+Layer localisation (the paper's first step, :func:`localize_layers`). For every pair of paraphrases of one question,
+a logistic-regression probe reads the pair's states ``[h_m; h_n]`` at one layer and predicts whether the two answers
+agree; the layer whose probe is most accurate on held-out questions is where consistency is decided, and the SAE of
+that layer is the one to select latents with.
+
+Selection. Each paraphrase of a question gives one pooled activation, encoded by the SAE. ``score``:
+
+- ``contrast`` (default, the paper's contrastive locating): ``(mean_agree - mean_disagree) / sd_all`` per latent, the
+  mean activation over paraphrases of groups whose answers agree minus over groups that disagree, in units of the
+  latent's spread: latents that fire when the model answers consistently.
+- ``spread`` (polysteer's earlier score): the within-group standard deviation averaged over disagreeing groups minus
+  over agreeing ones, ``(sd_disagree - sd_agree) / sd_all``: how much more the latent moves between wordings when the
+  wording changes the answer.
+
+The ``top_k`` latents with a positive score are kept.
 
 Steering (operator ``sae_bias``). On the selected latents S, ``z'_S = z_S + c (b_S - p_S z_S)`` and
 ``h' = decode(z') + error(h)``; the decoder is linear, so that is ``h + c (b_S - p_S z_S) W_dec[S]`` exactly, which is
@@ -37,6 +47,7 @@ from polysteer.plugins.sae.steer import _on_device_of
 
 STORED = ("latents", "bias", "pull")  # operator tensors kept in the Direction (see operator_param_key)
 MODES = ("pull", "shift")
+SCORES = ("contrast", "spread")
 
 
 def _floats(values: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
@@ -146,14 +157,17 @@ class LFSteering(BaseEstimator):
         sae: SAE (or directory) of the hook point the activations come from.
         top_k: latents kept at most.
         mode: ``pull`` (towards the agreeing groups' mean) or ``shift`` (a constant bias); see the module docs.
+        score: ``contrast`` (the paper's: mean activation, agreeing minus disagreeing) or ``spread`` (within-group
+            spread, disagreeing minus agreeing); see the module docs.
     """
 
     name = "lf_steering"
 
-    def __init__(self, sae: Any = None, top_k: int = 8, mode: str = "pull"):
+    def __init__(self, sae: Any = None, top_k: int = 8, mode: str = "pull", score: str = "contrast"):
         self.sae = sae
         self.top_k = top_k
         self.mode = mode
+        self.score = score
 
     def fit(self, X: torch.Tensor, groups: Sequence[int], consistent: Sequence[bool]) -> "LFSteering":
         """Fit on one activation row per paraphrase.
@@ -169,10 +183,13 @@ class LFSteering(BaseEstimator):
         inverse, flags = _consistency_per_group(groups, consistent)
         with torch.no_grad():
             z = sae.encode(X).float()
-            spread = _group_spread(z, inverse, len(flags))
-            sd_dis, sd_agr = spread[~flags].mean(0).sqrt(), spread[flags].mean(0).sqrt()
+            if self.score == "contrast":
+                gap = z[consistent].mean(0) - z[~consistent].mean(0)
+            else:
+                spread = _group_spread(z, inverse, len(flags))
+                gap = spread[~flags].mean(0).sqrt() - spread[flags].mean(0).sqrt()
             sd_all = z.std(0, unbiased=False)
-            score = (sd_dis - sd_agr) / sd_all.clamp_min(1e-12)
+            score = gap / sd_all.clamp_min(1e-12)
             self.scores_ = torch.where(sd_all > 0, score, torch.zeros_like(score))  # a latent that never fires: 0
             self._select(z, consistent, sae)
         return self
@@ -182,6 +199,8 @@ class LFSteering(BaseEstimator):
             raise PolysteerError("LF-Steering needs an SAE: LFSteering(sae='path/to/sae')")
         if self.mode not in MODES:
             raise PolysteerError(f"LF-Steering mode must be one of {MODES}, got {self.mode!r}")
+        if self.score not in SCORES:
+            raise PolysteerError(f"LF-Steering score must be one of {SCORES}, got {self.score!r}")
         X = torch.as_tensor(X).float()
         groups = torch.as_tensor(groups, dtype=torch.long).flatten()
         consistent = torch.as_tensor(consistent, dtype=torch.bool).flatten()
@@ -196,8 +215,9 @@ class LFSteering(BaseEstimator):
         top = self.scores_.topk(min(self.top_k, len(self.scores_)))
         keep = top.values > 0
         if not keep.any():
-            raise PolysteerError("no SAE latent varies more within disagreeing groups than within agreeing ones; "
-                                 "use more groups, another layer or another SAE")
+            what = ("is more active in agreeing groups than in disagreeing ones" if self.score == "contrast" else
+                    "varies more within disagreeing groups than within agreeing ones")
+            raise PolysteerError(f"no SAE latent {what}; use more groups, another layer or another SAE")
         self.latents_ = top.indices[keep]
         target = z[consistent][:, self.latents_].mean(0)
         other = z[~consistent][:, self.latents_].mean(0)
