@@ -44,6 +44,7 @@ PROMPTS = ["Tell me about your weekend.", "What should I cook tonight?", "Descri
            "Why do people like music?", "What did you do at school today?"]
 SCHEDULES = ["constant", "generated-only", "window:0-8"]
 N_DIRECTIONS = 8
+QUIET_LOAD = 2.5  # load average (2 cores) above which timings are marked preliminary
 
 
 def make_directions(model_name: str, folder: Path) -> list[str]:
@@ -124,16 +125,29 @@ async def bleed(client, names, tokens: int, clients: int, each: int) -> tuple[di
         {"bodies": bodies, "solo": solo}
 
 
-async def throughput(client, names, tokens: int, concurrencies: list[int], cell_requests: int) -> list[dict]:
-    rows = []
+async def throughput(client, names, tokens: int, concurrencies: list[int], cell_requests: int,
+                     rounds: int) -> list[dict]:
+    """Every (concurrency, steered share) cell once per round, cells interleaved within a round so a slow spell
+    hits all of them; each figure is the median over rounds with its range, and ``vs unsteered`` is the median of
+    each round's ratio to the unsteered cell at the same concurrency."""
     cells = [(c, f) for c in concurrencies for f in (0.0, 0.5, 1.0)]
-    for c, frac in tqdm(cells, desc="throughput cells"):
-        bodies = requests(names, max(2 * c, cell_requests), frac, seed=c)
-        results, seconds = await load(client, bodies, c, tokens)
-        rows.append(summary({"concurrency": c, "steered": f"{frac:.0%}"}, results, seconds))
-    for row in rows:
-        base = next(r for r in rows if r["concurrency"] == row["concurrency"] and r["steered"] == "0%")
-        row["vs unsteered"] = row["tok/s"] / base["tok/s"]
+    runs: dict[tuple, list[dict]] = {cell: [] for cell in cells}
+    for _ in tqdm(range(rounds), desc="throughput rounds"):
+        for c, frac in cells:
+            bodies = requests(names, max(2 * c, cell_requests), frac, seed=c)
+            results, seconds = await load(client, bodies, c, tokens)
+            runs[(c, frac)].append(summary({}, results, seconds))
+    rows = []
+    for c, frac in cells:
+        ratios = [run["tok/s"] / base["tok/s"] for run, base in zip(runs[(c, frac)], runs[(c, 0.0)])]
+        row = {"concurrency": c, "steered": f"{frac:.0%}", "requests": runs[(c, frac)][0]["requests"],
+               "rounds": rounds}
+        for key in ("req/s", "tok/s", "p50 s", "p95 s"):
+            row[key] = statistics.median(run[key] for run in runs[(c, frac)])
+        speeds = [run["tok/s"] for run in runs[(c, frac)]]
+        row["tok/s range"] = f"{min(speeds):.2f}-{max(speeds):.2f}"
+        row["vs unsteered"], row["ratio range"] = statistics.median(ratios), f"{min(ratios):.3f}-{max(ratios):.3f}"
+        rows.append(row)
     return rows
 
 
@@ -207,12 +221,14 @@ def start_server(model: str, folder: Path, batch: int) -> tuple[subprocess.Popen
 
 def report(args, results: dict, load_before: tuple, seconds: float) -> str:
     """The markdown page; phases not run (yet) are marked as such."""
-    tp_cols = ["concurrency", "steered", "requests", "req/s", "tok/s", "p50 s", "p95 s", "vs unsteered"]
+    tp_cols = ["concurrency", "steered", "requests", "rounds", "req/s", "tok/s", "tok/s range", "p50 s", "p95 s",
+               "vs unsteered", "ratio range"]
     load_now = os.getloadavg()
     sections = [
         "# polysteer serve under load\n",
-        f"**PRELIMINARY**: measured on a shared, busy 2-core CPU machine (load average {load_before[0]:.1f} "
-        f"before, {load_now[0]:.1f} at the end; {os.cpu_count()} CPUs visible); rerun on a quiet machine.\n",
+        (f"Machine: {os.cpu_count()} CPUs visible, load average {load_before[0]:.2f} before and {load_now[0]:.2f} "
+         "at the end" + (" (quiet).\n" if max(load_before[0], load_now[0]) < QUIET_LOAD else
+                         ": **a busy machine, so these timings are PRELIMINARY**; rerun on a quiet one.\n")),
         f"`{' '.join(['python', 'benchmarks/serve_load.py', *sys.argv[1:]])}`: model `{args.model}`, "
         f"{args.tokens} new tokens per request (greedy), max batch size 32, max wait 20 ms, "
         f"{N_DIRECTIONS} random directions (norm 30) at spread-out layers; {seconds:.0f} s so far.\n",
@@ -243,7 +259,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("generated tokens / s")
-    ax.set_title("polysteer serve throughput (preliminary, busy CPU)")
+    ax.set_title("polysteer serve throughput (median over rounds)")
     ax.legend()
     fig.tight_layout()
     polysteer.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -259,7 +275,8 @@ async def main_async(args, url: str, pid: int, names: list[str], save) -> dict:
         results["bleed"], solo_set = await bleed(client, names, args.tokens, args.clients, args.each)
         save(results)
     if "throughput" in args.phases:
-        results["throughput"] = await throughput(client, names, args.tokens, args.concurrency, args.cell_requests)
+        results["throughput"] = await throughput(client, names, args.tokens, args.concurrency, args.cell_requests,
+                                                 args.rounds)
         save(results)
     if "faults" in args.phases and "bleed" in args.phases:  # the good requests' solo answers come from bleed
         results["faults"] = await faults(url, client, names, args.tokens, solo_set)
@@ -279,6 +296,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda t: [int(x) for x in t.split(",")], default=[1, 8, 32])
     parser.add_argument("--cell-requests", type=int, default=8, help="requests per throughput cell (at least 2x "
                         "the concurrency)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (each figure: median and range)")
     parser.add_argument("--memory-requests", type=int, default=1000, help="0 (or <= 100) skips the memory phase")
     parser.add_argument("--phases", type=lambda t: set(t.split(",")), default={"bleed", "throughput", "faults",
                                                                                  "memory"},
@@ -288,7 +306,7 @@ def main() -> None:
                         "for memory (a smoke run on a busy machine)")
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.each, args.concurrency, args.memory_requests = 8, 2, [1, 8], 200
+        args.clients, args.each, args.concurrency, args.memory_requests, args.rounds = 8, 2, [1, 8], 200, 1
     start, load_before = time.time(), os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
 

@@ -140,8 +140,8 @@ class _Compiled:
             return None
         if self.scalar is not None and not per_position and self._plain():
             return self.scalar * mult
-        coef = torch.ones(h.shape[:2], device=h.device) * mult
-        coef = coef * self._row_values(h.shape[0], h.device).unsqueeze(1)
+        rows = self._row_values(h.shape[0], h.device).unsqueeze(1)
+        coef = rows * mult if per_position else (rows * mult).expand(h.shape[:2])
         if self.span is not None:
             coef = coef * self.modality.span_mask(self.span, state, h)
         return coef.unsqueeze(-1).to(h.dtype) if coef.any() else None
@@ -212,7 +212,8 @@ def _apply(compiled: list[_Compiled], tracker: StepTracker, h: torch.Tensor) -> 
             _warn_if_far(c, coef, h)
         current = h if out is None else out
         new = c.operator(current, c.vector_for(current), coef)
-        out = torch.where(coef != 0, new, current) if torch.is_tensor(coef) else new
+        masked = torch.is_tensor(coef) and not c.operator.zero_is_identity
+        out = torch.where(coef != 0, new, current) if masked else new
     return out
 
 

@@ -15,6 +15,7 @@ class Operator:
 
     name: str = ""
     needs_direction: bool = False  # True where a zero ``v`` would make the operator a no-op or undefined
+    zero_is_identity: bool = False  # True where coef 0 returns ``h`` exactly: the engine then skips its masking
 
     def __call__(self, h: torch.Tensor, v: torch.Tensor, coef) -> torch.Tensor:
         raise NotImplementedError

@@ -16,6 +16,7 @@ class Add(Operator):
 
     name = "add"
     needs_direction = True
+    zero_is_identity = True  # h + 0 * v == h, bit for bit
 
     def __call__(self, h, v, coef):
         return h + coef * v
