@@ -22,6 +22,7 @@ _EXPORTS = {
                      "rank_by_attribution", "rank_direction_layers"), ".attribution"),
     **dict.fromkeys(("read_texts", "score_texts", "text_activations"), ".detect"),
     **dict.fromkeys(("export_gguf", "import_gguf"), ".gguf_control"),
+    **dict.fromkeys(("TuneResult", "tune_direction", "tuned"), ".tune"),
 }
 __all__ = sorted([*_EXPORTS, "TextModality"])
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -34,9 +35,11 @@ def register_modalities(register):
 
 @hookimpl
 def register_direction_finders(register):
+    from polysteer.modalities.text.sae.ts_finder import SAETS
     from polysteer.modalities.text.trained.finder import TrainedVector
 
     register(TrainedVector)
+    register(SAETS)
 
 
 @hookimpl

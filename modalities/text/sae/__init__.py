@@ -16,6 +16,8 @@ _EXPORTS = {
                      "measure_consistency", "paraphrase_prompts", "prompt_examples", "saif_prompts"), ".guided"),
     **dict.fromkeys(("FeatureStats", "feature_stats", "input_scores", "output_scores"), ".select"),
     "ActivationStore": ".store",
+    **dict.fromkeys(("EffectModel", "fit_effect_model", "fit_effects", "measure_effects", "random_feature_vectors",
+                     "typical_norm"), ".ts"),
 }
 __all__ = sorted([*_EXPORTS, "corrsteer"])
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
