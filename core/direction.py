@@ -106,7 +106,7 @@ class Direction:
         norms: Mapping[str, float] | None = None,
         provenance: dict[str, Any] | None = None,
         operator: str = "add",
-        coefficient: float = 1.0,
+        coefficient: float | None = None,
         weights: dict[str, float] | None = None,
         extras: dict[str, torch.Tensor] | None = None,
     ) -> "Direction":
@@ -126,7 +126,8 @@ class Direction:
             norms: hook point -> the typical (median) token activation norm there on the fitting data; with
                 ``scaled`` the coefficient is then a fraction of it (unit ``"activation-norm"``), else of the class
                 separation (unit ``"separation"``).
-            provenance, operator, coefficient, weights, extras: stored as given.
+            coefficient: the default strength (0.2 in the activation-norm unit, else 1).
+            provenance, operator, weights, extras: stored as given.
         """
         if not fitted:
             raise PolysteerError("no fitted hook points to make a direction from")
@@ -137,7 +138,8 @@ class Direction:
         unit, chosen = _unit(scales, norms, scaled)
         return cls(
             vectors=vectors, modality=modality.name if isinstance(modality, Modality) else modality, model=identity,
-            d_model=d_model or next(iter(vectors.values())).shape[0], operator=operator, coefficient=coefficient,
+            d_model=d_model or next(iter(vectors.values())).shape[0], operator=operator,
+            coefficient=DEFAULT_COEFFICIENT[unit] if coefficient is None else coefficient,
             scales=chosen, unit=unit, separations=scales if unit == "activation-norm" else {},
             weights=dict(weights or {}),
             finder=_finder_record(finder if finder is not None else next(iter(fitted.values()))),
@@ -269,6 +271,7 @@ class Direction:
 
 
 SANE_NORM_FRACTION = 1.0
+DEFAULT_COEFFICIENT = {"activation-norm": 0.2, "separation": 1.0, "raw": 1.0}  # 0.2: fluent on SmolLM2 (README)
 
 
 def _unit(separations: dict[str, float], norms: Mapping[str, float] | None, scaled: bool) -> tuple[str, dict]:

@@ -66,7 +66,7 @@ def test_found_directions_count_in_fractions_of_the_typical_activation_norm(llam
         tokens = TextModality().capture(llama, tokenizer, pos + neg, [hp], pooling="tokens")[hp]
         assert direction.scales[hp] == pytest.approx(float(tokens.norm(dim=-1).median()), rel=1e-5)
         assert direction.separations[hp] > 0 and direction.separations[hp] != direction.scales[hp]
-    assert direction.unit == "activation-norm"
+    assert direction.unit == "activation-norm" and direction.coefficient == 0.2  # a fluent default strength
     assert {iv.hook_point: iv.coefficient for iv in direction.to_plan(0.25)} == pytest.approx(
         {hp: 0.25 * direction.scales[hp] for hp in direction.hook_points})
 
