@@ -83,13 +83,16 @@ def test_probe_ranks_held_out_data(nonlinear_fit):
     assert rfm.decision_function(X[0]).shape == (1,)
 
 
-def test_sign_flips_exactly_when_classes_swap():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sign_flips_exactly_when_classes_swap(dtype):
+    """In float64 every direction flips; in float32 the trailing, near-degenerate eigenvectors may rotate
+    within their eigenspace, so only the steering direction is compared."""
     X_pos, X_neg, v = shifted()
-    a, b = RFM().fit(X_pos, X_neg), RFM().fit(X_neg, X_pos)
+    a, b = RFM(dtype=dtype).fit(X_pos, X_neg), RFM(dtype=dtype).fit(X_neg, X_pos)
     assert float(a.direction_ @ v) >= 0.95 and a.scale_ > 0
     assert torch.allclose(a.direction_, -b.direction_, atol=1e-5)
-    assert torch.allclose(a.directions_, -b.directions_, atol=1e-4)
-    assert a.val_aucs_ == pytest.approx(b.val_aucs_)
+    assert dtype == "float32" or torch.allclose(a.directions_, -b.directions_, atol=1e-4)
+    assert a.val_aucs_ == pytest.approx(b.val_aucs_, abs=1e-3 if dtype == "float32" else 1e-9)
 
 
 def test_seed_fixes_the_result():
@@ -107,11 +110,11 @@ def test_early_stop_keeps_the_best_round():
     assert rfm.val_auc_ == max(aucs) and rfm.best_iter_ == aucs.index(max(aucs))
 
 
-@pytest.mark.parametrize("nystrom, min_cos", [(False, 0.85), (True, 0.95)])
-def test_large_training_sets_are_bounded(nystrom, min_cos):
+@pytest.mark.parametrize("solver, min_cos", [("subsample", 0.85), ("auto", 0.95)])
+def test_large_training_sets_are_bounded(solver, min_cos):
     """Above max_samples: a 100-point subsample, or Nystrom on 100 centres fed by all 480 training rows."""
     X_pos, X_neg, v = shifted(shift=1.5)
-    rfm = RFM(max_samples=100, nystrom=nystrom, iters=4).fit(X_pos, X_neg)
+    rfm = RFM(max_samples=100, centres=100, solver=solver, iters=4).fit(X_pos, X_neg)
     assert abs(len(rfm.centres_) - 100) <= 1
     assert float(rfm.direction_ @ v) >= min_cos
     held_pos, held_neg, _ = shifted(n=100, seed=5, shift=1.5)
@@ -148,7 +151,7 @@ def test_nystrom_on_all_points_equals_exact_ridge():
     y = torch.sign(C[:, 0])
     P = kernel.embed(C)
     exact, _ = solve_exact(kernel, P, y, 0.1)
-    nystrom = solve_nystrom(kernel, P, y, P, 0.1)
+    nystrom, _ = solve_nystrom(kernel, P, y, P, 0.1)
     Zp = kernel.embed(Z)
     assert torch.allclose(predict(kernel, Zp, P, exact), predict(kernel, Zp, P, nystrom), atol=1e-8)
 
