@@ -4,7 +4,8 @@ For each concept of ``benchmarks/concepts/`` and each method (prompting with a s
 instruction, DiffMean, PCA, probe, RFM, the best contrast SAE feature and the best output-score-filtered one):
 
 1. training data: the model answers the 64 neutral questions with the concept's instruction appended, read back
-   without it (positives), against its plain answers (negatives); activations mean-pooled over answer tokens;
+   without it (positives), against its plain answers (negatives); activations mean-pooled over answer tokens
+   (every answer token a row for the SAE contrast finder, its ``preferred_pooling``);
 2. fit the direction per layer; concept-detection AUROC on the held-out texts (token scores mean-pooled per text);
 3. steer: generate for ``--selection`` instructions of the selection half at every factor (factor x the
    direction's class separation, so one grid fits every method), score with the AxBench rule (harmonic mean of
@@ -22,6 +23,8 @@ Usage::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py            # the full run (see README.md)
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py --quick    # 2 concepts, 2 factors, smoke run
+    # only the SAE rows, without the prompting baselines (--questions N, --out DIR shrink and redirect a run):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/axbench_lite.py --layers 12 --methods sae,sae_filtered --no-prompting
 """
 
 from __future__ import annotations
@@ -118,13 +121,14 @@ def rotate(items: tuple[str, ...], index: int, n: int) -> list[str]:
 
 def training_data(model, tokenizer, suite: Suite, cache, args) -> tuple[dict, list[Example]]:
     """Persona answers per concept (positives) and the plain answers (negatives), read back without persona."""
-    plain = run_jobs(model, tokenizer, [Job(key("train", "", q, args.tokens), q) for q in suite.questions],
+    questions = suite.questions[: args.questions]
+    plain = run_jobs(model, tokenizer, [Job(key("train", "", q, args.tokens), q) for q in questions],
                      cache, args, "plain answers")
-    negatives = [Example(a.strip() or ".", prompt=q) for q, a in zip(suite.questions, plain)]
+    negatives = [Example(a.strip() or ".", prompt=q) for q, a in zip(questions, plain)]
     jobs = [Job(key("train", c.name, q, args.tokens), f"{q} {c.instruction}")
-            for c in suite.concepts for q in suite.questions]
+            for c in suite.concepts for q in questions]
     answers = iter(run_jobs(model, tokenizer, jobs, cache, args, "persona answers"))
-    positives = {c.name: [Example(next(answers).strip() or ".", prompt=q) for q in suite.questions]
+    positives = {c.name: [Example(next(answers).strip() or ".", prompt=q) for q in questions]
                  for c in suite.concepts}
     return positives, negatives
 
@@ -133,10 +137,12 @@ def fit_directions(model, tokenizer, suite, positives, negatives, args) -> dict:
     """Fitted finders keyed by (concept, method, hook point)."""
     points = [hook_point(layer) for layer in args.layers]
     acts_dir = str(cache_dir() / "axbench-lite" / "activations")
-    X_neg = collect(model, tokenizer, negatives, points, cache_dir=acts_dir)
+    poolings = {getattr(make_finder(FINDERS[m][0], **FINDERS[m][1]), "preferred_pooling", "mean")
+                for m in args.methods}  # sae_contrast reads every answer token, the others mean-pooled answers
+    X_neg = {p: collect(model, tokenizer, negatives, points, p, cache_dir=acts_dir) for p in poolings}
     fitted = {}
     for c in tqdm(suite.concepts, desc="fitting"):
-        X_pos = collect(model, tokenizer, positives[c.name], points, cache_dir=acts_dir)
+        X_pos = {p: collect(model, tokenizer, positives[c.name], points, p, cache_dir=acts_dir) for p in poolings}
         for method in args.methods:
             name, params = FINDERS[method]
             for hp in points:
@@ -144,7 +150,9 @@ def fit_directions(model, tokenizer, suite, positives, negatives, args) -> dict:
                     continue
                 if method == "sae_filtered":
                     params = {**params, "threshold": args.output_threshold}
-                fitted[c.name, method, hp] = make_finder(name, **params).fit(X_pos[hp], X_neg[hp])
+                finder = make_finder(name, **params)
+                pooling = getattr(finder, "preferred_pooling", "mean")
+                fitted[c.name, method, hp] = finder.fit(X_pos[pooling][hp], X_neg[pooling][hp])
     return fitted
 
 
@@ -192,8 +200,10 @@ def reference_jobs(suite: Suite, args) -> list[tuple[dict, Job]]:
     for i, c in enumerate(suite.concepts):
         for ins in rotate(suite.report, i, args.report):
             row = {"name": c.name, "hook_point": "-", "factor": 0.0, "instruction": ins}
-            pairs += [({**row, "method": "unsteered"}, Job(key("base", ins, args.tokens, args.dtype), ins)),
-                      ({**row, "method": "prompt_system"},
+            pairs.append(({**row, "method": "unsteered"}, Job(key("base", ins, args.tokens, args.dtype), ins)))
+            if args.no_prompting:
+                continue
+            pairs += [({**row, "method": "prompt_system"},
                        Job(key("prompt_system", c.name, ins, args.tokens, args.dtype), ins, c.instruction)),
                       ({**row, "method": "prompt_appended"},
                        Job(key("prompt_appended", c.name, ins, args.tokens, args.dtype), f"{ins} {c.instruction}"))]
@@ -341,7 +351,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concepts", type=int, default=None, help="first N concepts of the suite (default: all)")
     parser.add_argument("--layers", default="12,20", help="layers steered (the SAE methods run at the SAE's)")
-    parser.add_argument("--methods", default=",".join(FINDERS))
+    parser.add_argument("--methods", default=",".join(FINDERS), help=f"steering rows, of {','.join(FINDERS)}")
+    parser.add_argument("--questions", type=int, default=None, help="first N training questions (default: all)")
+    parser.add_argument("--no-prompting", action="store_true", help="leave out the two prompting baselines")
+    parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {OUT})")
     parser.add_argument("--factors", default="0.5,1,2,3,4,6", help="x the direction's class separation")
     parser.add_argument("--selection", type=int, default=2, help="selection-half instructions per concept")
     parser.add_argument("--report", type=int, default=3, help="report-half instructions per concept")
@@ -357,15 +370,19 @@ def parse_args(argv=None):
         args.concepts, args.factors, args.selection, args.report, args.tokens = 2, "1,4", 2, 2, 32
     args.layers = [int(x) for x in args.layers.split(",")]
     args.methods = args.methods.split(",")
+    if set(args.methods) - set(FINDERS):
+        parser.error(f"unknown --methods {sorted(set(args.methods) - set(FINDERS))}; choose from {list(FINDERS)}")
     args.factors = [float(x) for x in args.factors.split(",")]
     args.sae_hook_point = hook_point(sae_layer())
-    args.out = OUT / "quick" if args.quick else OUT
+    args.out = args.out or (OUT / "quick" if args.quick else OUT)
     return args
 
 
 def sae_layer() -> int:
-    """The layer of the shipped SAE (its hook name is ``text.blocks.L.resid_post``)."""
-    return int(json.loads((SHIPPED_SAE / "cfg.json").read_text())["hook_name"].split(".")[2])
+    """The layer of the shipped SAE (its cfg is in SAELens' layout; polysteer's hook point is in its metadata)."""
+    from polysteer.plugins.sae import load_sae
+
+    return int(load_sae(SHIPPED_SAE).hook_point.split(".")[2])
 
 
 def main(argv=None) -> None:

@@ -4,12 +4,13 @@ Questions "What is a + b?" (and a - b, a * b) with a checkable reward (the first
 is right). CorrSteer selects SAE features on the training questions from the model's own answers
 (streaming Pearson of max-pooled latents over generated tokens vs the reward), then the held-out
 questions (disjoint from the selection and validation ones) are answered unsteered and steered (generated
-positions only) at a few multiples of the selected coefficient, for CorrSteer-S, -A and -P. Side-effect
+positions only) at a few multiples of the selected coefficient, for CorrSteer-S, -A and -P (one selection
+run: -S keeps the best of -A's features, -P those of -A that survive pruning). Side-effect
 ratio = answers flipped from right to wrong / answers changed.
 
 Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sae_corrsteer.py                      # SmolLM2 + shipped SAE
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sae_corrsteer.py                      # SmolLM2 + shipped SAE
     .venv/bin/python benchmarks/sae_corrsteer.py --model PATH --sae SAE_DIR --train 8 --test 8   # any model
 
 Writes ``README.md``, ``corrsteer.png`` and ``results.json`` to ``benchmarks/results/sae_corrsteer/``.
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import re
+import time
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from polysteer.modalities.text import generate, load_model  # noqa: E402
-from polysteer.modalities.text.sae import SHIPPED_SAE, corrsteer, corrsteer_plan, side_effect_ratio  # noqa: E402
+from polysteer.modalities.text.sae import SHIPPED_SAE, corrsteer, corrsteer_plan, prune, side_effect_ratio  # noqa: E402
 from polysteer.plugins.sae import SAE  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sae_corrsteer"
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args()
     args.load_average = list(os.getloadavg()[:1])
+    start = time.time()
     model, tokenizer = load_model(args.model)
     saes = {sae.metadata["hook_name"]: sae for sae in map(SAE.load, args.sae or [SHIPPED_SAE])}
     train, validation, test = splits([args.train, args.validation, args.test])
@@ -81,21 +84,28 @@ def main() -> None:
     base_ok = [correct(a, t) for a, (_, t) in zip(base, test)]
     rows = [{"variant": "unsteered", "features": "", "scale": 0.0, "accuracy": sum(base_ok) / len(test),
              "side_effect_ratio": 0.0, "changed": 0}]
+    candidates = corrsteer(model, tokenizer, [q for q, _ in train], reward, saes, "A", args.max_new_tokens)
+    picks = {"S": [max(candidates, key=lambda f: f.correlation)], "A": candidates}
+    if "P" in args.variants.split(","):  # -P prunes -A's features on held-out questions (same selection run)
+        picks["P"] = prune(model, tokenizer, candidates, saes, [q for q, _ in validation], reward,
+                           args.max_new_tokens)
+    steered: dict[tuple, list[str]] = {}  # -S and -A share answers when they keep the same features
     for variant in args.variants.split(","):
-        held_out = [q for q, _ in validation] if variant == "P" else None
-        picks = corrsteer(model, tokenizer, [q for q, _ in train], reward, saes, variant, args.max_new_tokens,
-                          validation_prompts=held_out)
-        names = ", ".join(f"{f.feature}@{f.hook_point} (r={f.correlation:.2f})" for f in picks) or "none kept"
-        for scale in map(float, args.scales.split(",")) if picks else []:
-            answers = generate(model, tokenizer, prompts, corrsteer_plan(picks, saes, scale),
-                               max_new_tokens=args.max_new_tokens)
+        names = ", ".join(f"{f.feature}@{f.hook_point} (r={f.correlation:.2f})" for f in picks[variant]) or "none kept"
+        for scale in map(float, args.scales.split(",")) if picks[variant] else []:
+            key = (tuple((f.hook_point, f.feature) for f in picks[variant]), scale)
+            if key not in steered:
+                steered[key] = generate(model, tokenizer, prompts, corrsteer_plan(picks[variant], saes, scale),
+                                        max_new_tokens=args.max_new_tokens)
+            answers = steered[key]
             ok = [correct(a, t) for a, (_, t) in zip(answers, test)]
             rows.append({"variant": variant, "features": names, "scale": scale, "accuracy": sum(ok) / len(test),
                          "side_effect_ratio": side_effect_ratio(base_ok, ok, base, answers),
                          "changed": sum(a != b for a, b in zip(answers, base))})
-        if not picks:
+        if not picks[variant]:
             rows.append({"variant": variant, "features": names, "scale": float("nan"), "accuracy": float("nan"),
                          "side_effect_ratio": float("nan"), "changed": 0})
+    args.wall_seconds = round(time.time() - start)
     args.load_average.append(os.getloadavg()[0])
     write_report(args, saes, rows)
 
@@ -115,6 +125,7 @@ def write_report(args, saes, rows) -> None:
     fig.savefig(RESULTS / "corrsteer.png", dpi=120)
     table = "\n".join(f"| {r['variant']} | {r['features']} | {r['scale']:g} | {r['accuracy']:.3f} | {r['changed']} "
                       f"| {r['side_effect_ratio']:.3f} |" for r in rows)
+    sae_args = "".join(f" --sae {path}" for path in args.sae or [])
     (RESULTS / "README.md").write_text(f"""# CorrSteer on single-digit arithmetic ({args.model})
 
 Questions "What is a op b?" (243 distinct) are split without overlap: {args.train} to select features (streaming
@@ -128,9 +139,10 @@ as -S). Side-effect ratio = answers flipped right to wrong / answers changed.
 | --- | --- | --- | --- | --- | --- |
 {table}
 
-Command: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sae_corrsteer.py --model {args.model} --train {args.train} \\
---validation {args.validation} --test {args.test} --variants {args.variants} --scales {args.scales}` (1-minute load
-average {args.load_average[0]:.2f} at the start, {args.load_average[-1]:.2f} at the end)
+Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sae_corrsteer.py --model {args.model} --train {args.train} \\
+--validation {args.validation} --test {args.test} --variants {args.variants} --scales {args.scales}{sae_args}`
+({args.wall_seconds} s wall; 1-minute load average {args.load_average[0]:.2f} at the start,
+{args.load_average[-1]:.2f} at the end, on 2 shared cores)
 
 ![accuracy](corrsteer.png)
 """)

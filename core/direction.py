@@ -5,6 +5,7 @@ Only safetensors and JSON are ever read, so a direction file from a stranger can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -179,6 +180,19 @@ class Direction:
             ivs.append(Intervention(self.vectors[hp], hp, scaled, self._operator(hp, operator),
                                     schedule or self.schedule, **intervention_kwargs))
         return Plan(ivs)
+
+    def only(self, hook_points: list[str], **changes: Any) -> "Direction":
+        """A copy with the vectors (and their scales, weights and operator tensors) at ``hook_points`` only, and
+        any other field set by ``changes`` (e.g. ``coefficient=0.3``)."""
+        missing = sorted(set(hook_points) - set(self.vectors))
+        if missing:
+            raise PolysteerError(f"direction has no vector for {missing}; it has {', '.join(self.hook_points)}")
+        pick = lambda table: {hp: v for hp, v in table.items() if hp in hook_points}  # noqa: E731
+        dropped = [operator_param_key(hp, "") for hp in self.vectors if hp not in hook_points]
+        extras = {k: v for k, v in self.extras.items() if not any(k.startswith(p) for p in dropped)}
+        return dataclasses.replace(self, vectors=pick(self.vectors), scales=pick(self.scales),
+                                   separations=pick(self.separations), weights=pick(self.weights), extras=extras,
+                                   **changes)
 
     def operator_params(self, hook_point: str) -> dict[str, torch.Tensor]:
         """The stored operator's tensors for one hook point (see :func:`operator_param_key`)."""

@@ -17,7 +17,10 @@ class DirectionFinder(BaseEstimator):
 
     Subclasses follow scikit-learn: ``__init__`` stores parameters only, ``fit(X_pos, X_neg)`` returns
     self and sets ``direction_`` (a unit vector oriented so positives project higher). ``scale_``
-    is the separation of the class means along the direction, the unit steering coefficients use.
+    is the separation of the class means along the direction.
+
+    A finder whose one fit yields vectors at other hook points too (Feature Flow) defines
+    ``to_direction(model, provenance=None)``; ``find`` then saves the Direction it returns.
     """
 
     name: str = ""

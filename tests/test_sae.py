@@ -15,9 +15,6 @@ from polysteer.plugins.sae.steer import (
     feature_activation,
     feature_direction,
     feature_plan,
-    flow_chain,
-    flow_plan,
-    match_features,
 )
 
 HP = "text.blocks.1.resid_post"
@@ -183,24 +180,6 @@ def test_contrast_finds_the_planted_feature():
     assert torch.cosine_similarity(finder.direction_, sae.W_dec[17].detach(), dim=0) > 0.99
     assert finder.scale_ > 0 and torch.isclose(finder.direction_.norm(), torch.tensor(1.0))
     assert finder.score(X_pos).mean() > finder.score(X_neg).mean() + 1.0
-
-
-def test_feature_flow_follows_a_feature_across_layers():
-    a = random_sae(seed=0)
-    perm = torch.randperm(64, generator=torch.Generator().manual_seed(3))
-    b = random_sae(seed=1)
-    with torch.no_grad():
-        b.W_dec.copy_(a.W_dec[perm] + 0.05 * torch.randn(64, 32))
-    index, cosine = match_features(a, b)
-    inverse = torch.argsort(perm)
-    assert torch.equal(index, inverse) and (cosine > 0.9).all()
-    saes = [("text.blocks.0.resid_post", a), ("text.blocks.1.resid_post", b)]
-    chain = flow_chain(saes, "text.blocks.1.resid_post", int(inverse[9]))
-    expected = [("text.blocks.0.resid_post", 9), ("text.blocks.1.resid_post", int(inverse[9]))]
-    assert [(hp, f) for hp, f, _ in chain] == expected
-    plan = flow_plan(saes, chain, 2.0)
-    assert len(plan) == 2 and torch.equal(plan.interventions[0].direction, a.W_dec[9].detach())
-    assert flow_chain(saes, "text.blocks.0.resid_post", 9, min_cosine=1.01) == [("text.blocks.0.resid_post", 9, 1.0)]
 
 
 @pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu"])

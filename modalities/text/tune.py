@@ -11,13 +11,12 @@ The concept judge is calibrated on the model's own answers to the selection inst
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from polysteer.direction import Direction, operator_param_key
+from polysteer.direction import Direction
 from polysteer.engine import stack_plans
 from polysteer.errors import PolysteerError
 from polysteer.modalities.text.evaluators.rubric import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
@@ -126,12 +125,7 @@ def tuned(direction: Direction, result: TuneResult) -> Direction:
     the choice recorded in its provenance."""
     c = result.chosen
     keep = direction.hook_points if c.hook_points == ALL else [c.hook_points]
-    dropped = [operator_param_key(hp, "") for hp in direction.hook_points if hp not in keep]
-    pick = lambda table: {hp: v for hp, v in table.items() if hp in keep}  # noqa: E731
     record = {"coefficient": c.coefficient, "schedule": c.schedule, "hook_points": keep,
               "report": result.report, "selection_candidates": len(result.selection)}
-    return dataclasses.replace(
-        direction, vectors=pick(direction.vectors), scales=pick(direction.scales),
-        separations=pick(direction.separations), weights=pick(direction.weights),
-        extras={k: v for k, v in direction.extras.items() if not any(k.startswith(p) for p in dropped)},
-        coefficient=c.coefficient, schedule=c.schedule, provenance={**direction.provenance, "tune": record})
+    return direction.only(keep, coefficient=c.coefficient, schedule=c.schedule,
+                          provenance={**direction.provenance, "tune": record})

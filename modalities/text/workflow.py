@@ -10,6 +10,7 @@ import torch
 
 from polysteer.cache import cached_json, cached_tensors, make_key, model_fingerprint
 from polysteer.direction import Direction
+from polysteer.errors import PolysteerError
 from polysteer.finder import fit_layers, make_finder
 from polysteer.hookpoints import hook_point, parse_layers
 from polysteer.modalities.text.evaluators.judges import KeywordJudge
@@ -36,7 +37,7 @@ def find_direction(
     layers: Sequence[int],
     finder="diffmean",
     site: str = "resid_post",
-    pooling: str = "mean",
+    pooling: str | None = None,
     cache_dir: str | None = None,
     provenance: dict | None = None,
     cache: bool = False,
@@ -46,17 +47,23 @@ def find_direction(
 
     ``cache_dir`` reuses activations saved in that folder; else ``cache=True`` keeps them in the polysteer cache
     (see :mod:`polysteer.cache`), keyed by the model, both classes' examples, the hook points and the pooling.
+    ``pooling=None`` takes the finder's ``preferred_pooling`` (``tokens`` for ``sae_contrast``), else ``mean``.
     """
     modality = TextModality()
     points = [hook_point(layer, site) for layer in layers]
-    X_pos, X_neg, norms = _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache)
     proto = make_finder(finder, **finder_params)
-    return Direction.from_fitted(
-        fit_layers(proto, X_pos, X_neg), model=model, modality=modality, finder=proto, norms=norms,
-        d_model=modality.d_model(model, points[0]),
-        provenance={"n_positive": len(positives), "n_negative": len(negatives), "pooling": pooling,
-                    **(provenance or {})},
-    )
+    pooling = pooling or getattr(proto, "preferred_pooling", "mean")
+    X_pos, X_neg, norms = _capture_classes(model, tokenizer, positives, negatives, points, pooling, cache_dir, cache)
+    fitted = fit_layers(proto, X_pos, X_neg)
+    provenance = {"n_positive": len(positives), "n_negative": len(negatives), "pooling": pooling, **(provenance or {})}
+    spanning = [f for f in fitted.values() if hasattr(f, "to_direction")]
+    if spanning:  # e.g. Feature Flow: one fit yields vectors at other hook points too
+        if len(fitted) > 1:
+            raise PolysteerError(f"the {proto.name!r} finder writes a direction over several hook points itself; "
+                                 "give it one layer (--layers N)")
+        return spanning[0].to_direction(model, provenance=provenance)
+    return Direction.from_fitted(fitted, model=model, modality=modality, finder=proto, norms=norms,
+                                 d_model=modality.d_model(model, points[0]), provenance=provenance)
 
 
 NORM_EXAMPLES = 16  # per class: the median token norm is stable long before that

@@ -8,6 +8,8 @@ from polysteer.plugins.sae.decompose import (
     norm_warning,
     reconstruction_cosine,
 )
+from polysteer.plugins.sae.flow import FlowGraph, FlowNode, flow_graph, saes_by_hook_point
+from polysteer.plugins.sae.flow_finder import CorrSteerFinder, FeatureFlow
 from polysteer.plugins.sae.lf_layers import LayerLocalization, localize_layers, paraphrase_pairs
 from polysteer.plugins.sae.lf_steering import LFSteering, SAEBias, lf_direction, lf_plan
 from polysteer.plugins.sae.model import SAE, STATS_FILE, load_sae, load_stats
@@ -18,18 +20,16 @@ from polysteer.plugins.sae.steer import (
     SAEReconstruct,
     feature_direction,
     feature_plan,
-    flow_chain,
-    flow_plan,
-    match_features,
 )
 from polysteer.plugins.sae.trainer import TrainConfig, evaluate_sae, train_sae
 
 __all__ = [
     "LFSteering", "SAE", "SAEBias", "SAEClamp", "SAEContrast", "SAEReconstruct", "SAIF", "STATS_FILE", "TrainConfig",
-    "contrast_decomposition", "decoder_cosine", "evaluate_sae", "feature_direction", "feature_plan", "flow_chain",
-    "flow_plan", "lf_direction", "lf_plan", "load_sae", "load_stats", "match_features", "norm_warning",
+    "contrast_decomposition", "decoder_cosine", "evaluate_sae", "feature_direction", "feature_plan",
+    "flow_graph", "lf_direction", "lf_plan", "load_sae", "load_stats", "norm_warning",
     "reconstruction_cosine", "train_sae",
     "LayerLocalization", "localize_layers", "paraphrase_pairs",  # LF-Steering's layer localisation
+    "CorrSteerFinder", "FeatureFlow", "FlowGraph", "FlowNode", "saes_by_hook_point",
 ]
 
 
@@ -43,3 +43,5 @@ def register_operators(register):
 def register_direction_finders(register):
     register(SAEContrast)
     register(SAIF)
+    register(FeatureFlow)
+    register(CorrSteerFinder)

@@ -48,6 +48,7 @@ def register(cli: click.Group) -> None:
         cli.commands["sae"].add_command(lf)
         cli.commands["sae"].add_command(saif)
         cli.commands["sae"].add_command(importlib.import_module(f"{__name__}.sae_ts").ts)
+        cli.commands["sae"].add_command(importlib.import_module(f"{__name__}.sae_flow").flow)
     except Exception as exc:
         failed.append(f"sae_guided: {type(exc).__name__}: {exc}")
     if failed:

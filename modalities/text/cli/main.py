@@ -39,7 +39,9 @@ from polysteer.options import (
 @click.option("--questions", type=input_type(), help="Questions for persona answers (one per line).")
 @layers_option(help="Default: 40% of the depth.")
 @site_option()
-@click.option("--pooling", default="mean", type=CheckedChoice(["mean", "last"]), show_default=True)
+@click.option("--pooling", type=CheckedChoice(["mean", "last", "tokens"]),
+              help="Rows the finder fits: mean over answer tokens, the last token, or every token. Default: the "
+                   "finder's choice (tokens for sae_contrast, else mean).")
 @max_new_tokens_option(None, help="Tokens per persona answer (default 48).")
 @click.option("--cache-dir", type=output_type("dir"), help="Reuse activations saved here.")
 @click.option("--no-cache", is_flag=True,

@@ -101,7 +101,9 @@ def find_refusal_features(model, tokenizer, harmful: Sequence[str], harmless: Se
     sae_model.check_width(TextModality().d_model(model, hp), "this model's activations")
     X_pos = collect(model, tokenizer, last_token_examples(harmful), [hp], cache_dir=cache_dir)[hp]
     X_neg = collect(model, tokenizer, last_token_examples(harmless), [hp], cache_dir=cache_dir)[hp]
-    finder = make_finder("sae_contrast", sae=sae_model, top_k=top_k).fit(X_pos, X_neg)
+    # the plain rise of the mean, as benchmarks/results/refusal measured it (no spread normalisation or density cut)
+    finder = make_finder("sae_contrast", sae=sae_model, top_k=top_k, normalize="none", max_density=1.0)
+    finder.fit(X_pos, X_neg)
     with torch.no_grad():
         peaks = sae_model.encode(X_pos.float())[:, finder.features_].max(dim=0).values.float()
     source = "" if isinstance(sae, SAE) else str(Path(sae).resolve())

@@ -23,10 +23,7 @@ DEFAULT_CLAMP = 2.0
 def keep_layer(direction: Direction, layer: int, coefficient: float, **provenance: Any) -> Direction:
     """The direction at one of its layers only, with ``coefficient`` as its default and ``provenance`` added."""
     hp = next(h for h in direction.hook_points if HookPoint.parse(h).layer == layer)
-    return dataclasses.replace(direction, vectors={hp: direction.vectors[hp]},
-                               scales={k: v for k, v in direction.scales.items() if k == hp},
-                               weights={k: v for k, v in direction.weights.items() if k == hp},
-                               coefficient=coefficient, provenance={**direction.provenance, **provenance})
+    return direction.only([hp], coefficient=coefficient, provenance={**direction.provenance, **provenance})
 
 
 def choose_settings(model, tokenizer, data: RefusalData, direction: Direction, features: Direction | None,

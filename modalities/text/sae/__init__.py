@@ -9,7 +9,7 @@ from polysteer.modalities.text.sae.corrsteer import corrsteer as corrsteer
 _EXPORTS = {
     **dict.fromkeys(("SHIPPED_SAE", "save_with_stats", "train_text_sae"), ".workflow"),
     **dict.fromkeys(("debian_corpus", "read_documents", "token_windows"), ".corpus"),
-    **dict.fromkeys(("CorrSteerFeature", "corrsteer_plan", "side_effect_ratio"), ".corrsteer"),
+    **dict.fromkeys(("CorrSteerFeature", "corrsteer_plan", "prune", "side_effect_ratio"), ".corrsteer"),
     **dict.fromkeys(("explain_decomposition", "token_activations"), ".decompose"),
     **dict.fromkeys(("TokenLists", "top_snippets", "vocab_proj"), ".explain"),
     **dict.fromkeys(("ConsistencyResult", "agreeing_groups", "fit_lf_steering", "fit_saif", "follow_rate",
