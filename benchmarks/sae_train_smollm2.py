@@ -50,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_model()
-    config = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, epochs=args.epochs, warmup_steps=args.warmup)
+    config = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, epochs=args.epochs, warmup_steps=args.warmup,
+                         seed=0)  # the shipped SAE's seed
     start = time.time()
     sae, metrics = train_text_sae(model, tokenizer, debian_corpus(), HOOK_POINT, args.output, args.store,
                                   args.tokens, config, bf16=True, corpus="debian")

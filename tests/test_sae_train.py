@@ -140,3 +140,18 @@ def test_attention_sink_outliers_are_left_out(store, trained):
     h = torch.cat([sink, acts[:3]]).unsqueeze(0)
     spliced = SAEReconstruct(sae, sae.metadata["max_norm"])(h, None, 1.0)
     assert torch.equal(spliced[0, 0], h[0, 0]) and torch.allclose(spliced[0, 1:], sae(h[0, 1:]), atol=1e-5)
+
+
+def test_saes_of_different_hook_points_start_from_different_decoders(store):
+    """A seed shared by every layer would start each SAE from the same decoder rows, and feature matching across
+    layers would then link features that only share an initialisation."""
+    class Elsewhere:
+        def __getattr__(self, name):
+            return "text.blocks.0.resid_post" if name == "hook_point" else getattr(store, name)
+
+    config = TrainConfig(d_sae=64, k=4)
+    here, again, there = _Trainer(store, config), _Trainer(store, config), _Trainer(Elsewhere(), config)
+    assert torch.equal(here.sae.W_dec, again.sae.W_dec)
+    assert not torch.allclose(here.sae.W_dec, there.sae.W_dec)
+    assert torch.equal(_Trainer(store, TrainConfig(d_sae=64, k=4, seed=3)).sae.W_dec,
+                       _Trainer(Elsewhere(), TrainConfig(d_sae=64, k=4, seed=3)).sae.W_dec)

@@ -11,6 +11,7 @@ against a median of ~140) would carry most of the variance, so tokens whose norm
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, Protocol
 
@@ -61,7 +62,7 @@ class TrainConfig:
     max_norm_ratio: float | None = 10.0
     warmup_steps: int = 50
     buffer_shards: int = 4
-    seed: int = 0
+    seed: int | None = None  # None: derived from the hook point, so SAEs of different layers start apart
 
 
 class _Trainer:
@@ -77,7 +78,9 @@ class _Trainer:
         self.max_norm = float(config.max_norm_ratio * norms.median()) if config.max_norm_ratio else float("inf")
         self.scale = float(store.d_model**0.5 / norms[norms <= self.max_norm].mean())
         self.sae = SAE(store.d_model, config.d_sae, "topk", config.k)
-        self.sae.reset_parameters(config.seed)
+        # a shared seed gives every layer's SAE the same initial decoder rows, which feature matching then links
+        self.seed = config.seed if config.seed is not None else zlib.crc32(store.hook_point.encode())
+        self.sae.reset_parameters(self.seed)
         with torch.no_grad():
             self.sae.b_dec.copy_(first.mean(0) * self.scale)
         self.aux_k = min(config.aux_k or store.d_model // 2, config.d_sae)
@@ -146,7 +149,7 @@ def train_sae(store: ActivationStore, config: TrainConfig | None = None, progres
     shards = range(store.n_shards - config.holdout_shards)
     per_epoch = len(shards) * store.manifest["shard_tokens"] // config.batch_size
     total = per_epoch * config.epochs
-    bar = tqdm(store.batches(config.batch_size, shards, config.seed, config.buffer_shards, config.epochs),
+    bar = tqdm(store.batches(config.batch_size, shards, trainer.seed, config.buffer_shards, config.epochs),
                total=total, desc="training SAE", disable=not progress)
     stats: dict[str, float] = {}
     curve = []  # (step, training normalised MSE) every 10 steps, for plots

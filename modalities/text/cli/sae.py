@@ -42,9 +42,11 @@ def sae():
 @click.option("--bf16/--no-bf16", default=False, help="Collect activations under bfloat16 autocast (faster).")
 @click.option("--shard-tokens", type=POSITIVE_INT, default=2**16, show_default=True, help="Tokens per store shard.")
 @click.option("--store", "store_dir", type=output_type("dir"), help="Activation store folder (resumed if present).")
+@click.option("--seed", type=NONNEGATIVE_INT, help="Initialisation and shuffling seed (default: derived from the hook "
+              "point, so SAEs of different layers do not start from the same decoder rows).")
 @output_option("dir", help="SAE folder to write (SAELens format).")
 def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epochs, lr, batch_size, context, bf16,
-          shard_tokens, store_dir, output):
+          shard_tokens, store_dir, seed, output):
     """Train a TopK SAE on activations streamed from the model; prints its metrics."""
     import json
 
@@ -61,7 +63,7 @@ def train(model_name, device, dtype, layer, site, texts, tokens, d_sae, k, epoch
     documents = read_documents(texts) if texts else debian_corpus()
     corpus = ",".join(map(str, texts)) or "debian"
     store_dir = store_dir or cache_dir() / f"sae-store-{model_name.replace('/', '_')}-{hp}"
-    config = TrainConfig(d_sae=d_sae, k=k, lr=lr, batch_size=batch_size, epochs=epochs)
+    config = TrainConfig(d_sae=d_sae, k=k, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
     _, metrics = train_text_sae(model, tokenizer, documents, hp, output, store_dir, tokens, config, context,
                                 bf16, corpus, shard_tokens=shard_tokens)
     click.echo(json.dumps(metrics, indent=2))
