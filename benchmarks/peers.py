@@ -18,6 +18,7 @@ Usage::
     .venv/bin/python benchmarks/peers.py            # builds the venv on first use (a few minutes)
     .venv/bin/python benchmarks/peers.py --quick
     .venv/bin/python benchmarks/peers.py --decode-only --repeats 15   # the hooks' cost per decode step
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers.py --cosines-only --concepts 6   # cosines.md only
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decode-only", action="store_true",
                         help="only time one cached decode step per library (the hooks' own cost)")
     parser.add_argument("--steps", type=int, default=20, help="decode steps per timed round (--decode-only)")
+    parser.add_argument("--cosines-only", action="store_true",
+                        help="only the cosines between the libraries' vectors (no judges, no timing), to cosines.md")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="first N training questions per concept (default: all; fewer means fewer generations)")
     args = parser.parse_args()
     if args.quick:
         args.concepts, args.repeats, args.tokens = 1, 2, 8
@@ -82,6 +87,8 @@ def main() -> None:
 
     if args.decode_only:
         peers_run.run_decode_steps(args)
+    elif args.cosines_only:
+        peers_run.run_cosines(args)
     else:
         peers_run.run(args)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import os
 import platform
 import statistics
+import time
 from contextlib import contextmanager
+from importlib.metadata import version
 
 import axbench_lite as ax
 import torch
@@ -37,6 +40,7 @@ def vectors(model, tokenizer, concept, positives, negatives, layer: int) -> dict
     return {"steering-vectors": sv.layer_activations[layer].float(), "repeng": torch.from_numpy(rp.directions[layer]),
             "diffmean (last token)": fit("diffmean", last_pos, last_neg).direction_,
             "pca_diff (last token)": fit("pca_diff", last_pos, last_neg).direction_,
+            "pca_diff uncentred (last token)": make_finder("pca_diff", center=False).fit(last_pos, last_neg).direction_,
             "diffmean (mean, default)": fit("diffmean", mean_pos, mean_neg).direction_,
             "pca_diff (mean, default)": fit("pca_diff", mean_pos, mean_neg).direction_,
             "scale": torch.tensor(fit("diffmean", mean_pos, mean_neg).scale_)}
@@ -44,6 +48,19 @@ def vectors(model, tokenizer, concept, positives, negatives, layer: int) -> dict
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))
+
+
+COSINES = {"diffmean vs steering-vectors (last token)": ("diffmean (last token)", "steering-vectors"),
+           "pca_diff vs repeng (last token)": ("pca_diff (last token)", "repeng"),
+           "pca_diff uncentred vs repeng (last token)": ("pca_diff uncentred (last token)", "repeng"),
+           "diffmean (default) vs steering-vectors": ("diffmean (mean, default)", "steering-vectors"),
+           "pca_diff (default) vs repeng": ("pca_diff (mean, default)", "repeng")}
+
+
+def cosine_rows(vecs: dict) -> list[dict]:
+    """One row per concept: the cosine of each pair of vectors in ``COSINES``."""
+    return [{"concept": name, **{col: cosine(v[a], v[b]) for col, (a, b) in COSINES.items()}}
+            for name, v in vecs.items()]
 
 
 @contextmanager
@@ -198,7 +215,7 @@ def _prepare(args, n_concepts: int):
     torch.manual_seed(0)
     model, tokenizer = load_model()
     suite = load_suite().subset(limit=n_concepts)
-    ax_args = ax.parse_args(["--dtype", "float32"])
+    ax_args = ax.parse_args(["--dtype", "float32"] + (["--questions", str(args.questions)] if args.questions else []))
     cache = ax.Cache(ax.cache_dir() / "axbench-lite" / "generations.jsonl")
     positives, negatives = ax.training_data(model, tokenizer, suite, cache, ax_args)
     vecs = {c.name: vectors(model, tokenizer, c, positives[c.name], negatives, args.layer) for c in suite.concepts}
@@ -209,12 +226,7 @@ def run(args) -> None:
     import sys
 
     model, tokenizer, suite, cache, ax_args, vecs = _prepare(args, args.concepts)
-    cos = [{"concept": name,
-            "diffmean vs steering-vectors (last token)": cosine(v["diffmean (last token)"], v["steering-vectors"]),
-            "pca_diff vs repeng (last token)": cosine(v["pca_diff (last token)"], v["repeng"]),
-            "diffmean (default) vs steering-vectors": cosine(v["diffmean (mean, default)"], v["steering-vectors"]),
-            "pca_diff (default) vs repeng": cosine(v["pca_diff (mean, default)"], v["repeng"])}
-            for name, v in vecs.items()]
+    cos = cosine_rows(vecs)
     judges = ax.Judges(model, tokenizer, suite, cache, ax_args)
     rows = judged(model, tokenizer, suite, vecs, args, judges)
     scores = [{"library": lib, **{k: ax.mean([r for r in rows if r["method"] == lib], k)
@@ -259,4 +271,29 @@ def run_decode_steps(args) -> None:
             + markdown(table, list(table[0])) + "\n" + markdown(ratio, list(ratio[0])))
     OUT.mkdir(parents=True, exist_ok=True)
     write_text_atomic(OUT / "decode_steps.md", text)
+    print(text)
+
+
+def run_cosines(args) -> None:
+    """Only the cosines between the libraries' vectors (``--cosines-only``), written to ``cosines.md``."""
+    import sys
+
+    start, load = time.perf_counter(), os.getloadavg()
+    _, _, suite, _, ax_args, vecs = _prepare(args, args.concepts)
+    rows = cosine_rows(vecs)
+    libraries = ", ".join(f"{lib} {version(lib)}" for lib in ("polysteer", "steering-vectors", "repeng", "torch",
+                                                                 "transformers", "numpy", "scikit-learn"))
+    command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python benchmarks/peers.py " + \
+        " ".join(sys.argv[1:])
+    text = (f"# Cosine between polysteer's vectors and the peers' (SmolLM2-135M-Instruct, layer {args.layer})\n\n"
+            f"Command: `{command.strip()}`; {len(suite.questions[:ax_args.questions])} contrastive pairs per concept "
+            f"(persona answer vs plain answer); {torch.get_num_threads()} threads; wall time "
+            f"{time.perf_counter() - start:.0f} s; load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at "
+            f"end. Libraries: {libraries}.\n\n"
+            "Last token: every library reads the last token of prompt + answer (the peers' recipe). Default: "
+            "polysteer's default pooling (mean over answer tokens), against the same peer vectors. pca_diff centres "
+            "the pair differences as repeng's sklearn PCA does; the uncentred column is `center=False`.\n\n"
+            + markdown(rows, list(rows[0])))
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(OUT / "cosines.md", text)
     print(text)
