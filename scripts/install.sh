@@ -18,7 +18,8 @@ case ",$extras," in *,music,*) pip install -q --no-deps audiocraft==1.3.0 ;; esa
 # The playground's browser test drives Debian's Chromium; install it where we may (root with apt), never a download.
 case ",$extras," in *,dev,*)
   if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt() { DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null; }
+    # Wait for another apt (an unattended upgrade, a second install) rather than fail on its lock.
+    apt() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@" >/dev/null; }
     apt install -y -q chromium chromium-driver || { apt update -q && apt install -y -q chromium chromium-driver; }
   fi ;;
 esac
