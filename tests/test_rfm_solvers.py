@@ -78,6 +78,8 @@ def test_auto_is_exact_up_to_max_samples_and_nystrom_above():
     rfm = RFM(max_samples=100)
     assert (rfm.solver_for(100), rfm.solver_for(101)) == ("exact", "nystrom")
     assert RFM(solver="subsample").solver_for(10) == "subsample"
+    # The default keeps the exact O(n^3) solve to sizes where it is no slower than Nystrom on 1024 centres.
+    assert (RFM().solver_for(2048), RFM().solver_for(3200)) == ("exact", "nystrom")
     X_pos, X_neg, _ = quadratic(n=300)
     small = RFM(iters=1).fit(X_pos, X_neg)
     large = RFM(iters=1, max_samples=100, centres=50).fit(X_pos, X_neg)
