@@ -71,6 +71,30 @@ def test_every_detector_separates_separable_data_and_not_shuffled_labels(pooling
         assert abs(detection_metrics(scores, shuffled).auroc - 0.5) < 0.1, name
 
 
+def test_a_finder_fitted_on_tokens_sees_token_rows_and_pools_its_token_scores():
+    tokens, labels = synthetic(n=40)
+    seen = []
+
+    def spy(X_pos, X_neg):
+        seen.append((len(X_pos), len(X_neg)))
+        return X_pos.mean(0) - X_neg.mean(0)
+
+    detector = FinderDetector.fit(spy, tokens, labels)
+    assert seen == [(100, 100)] and detector.fitted_on == "tokens"
+    assert torch.allclose(detector.passage_scores(tokens), tokens.pool(detector.token_scores(tokens.acts)))
+    with pytest.raises(PolysteerError, match="39 labels for 40 passages"):
+        FinderDetector.fit(spy, tokens, labels[:39])
+
+
+def test_sae_contrast_detects_from_token_rows():
+    tokens, labels = synthetic()
+    tokens.acts[:, 0] -= 1.5  # centred on 0, so latent 0 fires mostly on positives: sparse, as SAE latents are
+    train, test = torch.arange(0, 200), torch.arange(200, 400)
+    detector = FinderDetector.fit("sae_contrast", tokens.select(train), labels[train], sae=axis_sae(hook_point=None))
+    assert detector.finder.features_[0] == 0  # latent 0 reads +axis 0, where the positives' tokens are shifted
+    assert detection_metrics(detector.passage_scores(tokens.select(test)), labels[test]).auroc > 0.97
+
+
 def test_metrics_and_best_f1_threshold():
     scores, labels = [0.1, 0.4, 0.35, 0.8, 0.9], [0, 0, 1, 1, 1]
     assert best_f1_threshold(scores, labels) == pytest.approx(0.35)

@@ -103,32 +103,46 @@ class DirectionDetector(Detector):
 
 
 class FinderDetector(Detector):
-    """A fitted direction finder used as a probe: its ``score`` (RFM: the kernel probe's output)."""
+    """A fitted direction finder used as a probe: its ``score`` (RFM: the kernel probe's output).
+
+    Fitted on mean-pooled passages, it scores a passage by its pooled activation; fitted on token rows (a finder
+    whose ``preferred_pooling`` is ``"tokens"``, such as ``sae_contrast``), by pooling its token scores.
+    """
 
     name = "probe"
 
-    def __init__(self, finder: DirectionFinder):
+    def __init__(self, finder: DirectionFinder, fitted_on: str = "mean"):
         if not hasattr(finder, "direction_"):
             raise PolysteerError("the finder is not fitted; use FinderDetector.fit(finder, X, y)")
-        self.finder = finder
+        self.finder, self.fitted_on = finder, fitted_on
 
     @classmethod
-    def fit(cls, finder: Any, X: torch.Tensor, y: Sequence[int], **params: Any) -> "FinderDetector":
-        """Fit ``finder`` (a registered name, class, instance or function) on rows ``X`` with 0/1 labels ``y``."""
+    def fit(cls, finder: Any, X: "torch.Tensor | TokenActivations", y: Sequence[int], **params: Any
+            ) -> "FinderDetector":
+        """Fit ``finder`` (a registered name, class, instance or function) on passages with 0/1 labels ``y``.
+
+        ``X`` is ``[passages, d]`` pooled rows, or :class:`TokenActivations`: every token is then a row labelled
+        with its passage's label (what a token-level finder needs; a pooled vector is out of its distribution).
+        """
         y = torch.as_tensor(y).bool()
         proto = make_finder(finder)
         unknown = sorted(set(params) - set(proto.get_params()))
         if unknown:
             raise PolysteerError(f"finder {proto.name!r} has no parameter {', '.join(unknown)}; it takes "
                                  f"{', '.join(sorted(proto.get_params())) or 'none'}")
-        return cls(proto.set_params(**params).fit(X[y], X[~y]))
+        fitted_on = "tokens" if isinstance(X, TokenActivations) else "mean"
+        if fitted_on == "tokens":
+            if len(y) != X.n_passages:
+                raise PolysteerError(f"{len(y)} labels for {X.n_passages} passages; give one label per passage")
+            X, y = X.acts.float(), y[X.owner]
+        return cls(proto.set_params(**params).fit(X[y], X[~y]), fitted_on)
 
     def token_scores(self, acts):
         return torch.as_tensor(self.finder.score(acts.float())).float().flatten()
 
     @torch.no_grad()
     def passage_scores(self, tokens: TokenActivations, pooling: str = "mean") -> torch.Tensor:
-        if pooling == "mean":  # the probe was fitted on mean-pooled passages
+        if pooling == "mean" and self.fitted_on == "mean":  # the probe was fitted on mean-pooled passages
             return self.token_scores(tokens.pool(pooling="mean"))
         return super().passage_scores(tokens, pooling)
 

@@ -10,6 +10,7 @@ import click
 
 from polysteer.direction import Direction
 from polysteer.errors import PolysteerError
+from polysteer.finder import make_finder
 from polysteer.hookpoints import HookPoint
 from polysteer.io import write_text_atomic
 from polysteer.modalities.text.cli import text_model_options
@@ -64,9 +65,11 @@ def _finder_detector(finder: str, train_path: str, hook_point: str | None, param
 
     def build(model, tokenizer):
         hp = hook_point or f"text.blocks.{default_layer(TextModality().n_layers(model))}.resid_post"
-        pooled = text_activations(model, tokenizer, texts, hp).pool(pooling="mean")
-        detector = FinderDetector.fit(finder, pooled, labels, **kwargs)
-        return detector, hp, None, {"kind": "finder", "finder": finder, "train": str(train_path), "params": kwargs}
+        tokens = text_activations(model, tokenizer, texts, hp)
+        token_level = getattr(make_finder(finder), "preferred_pooling", "mean") == "tokens"
+        detector = FinderDetector.fit(finder, tokens if token_level else tokens.pool(pooling="mean"), labels, **kwargs)
+        return detector, hp, None, {"kind": "finder", "finder": finder, "train": str(train_path), "params": kwargs,
+                                    "fitted_on": detector.fitted_on}
 
     return build
 
