@@ -95,19 +95,20 @@ def test_activations_are_captured_once(llama, tokenizer, calls, cache):
     pos, neg = persona(llama, tokenizer)
     calls["forward"] = 0
     first = find_direction(llama, tokenizer, pos, neg, [1, 2], cache=True)
-    assert calls["forward"] == 2  # one pass per class
+    # one pass per class, and one over a few examples of each measuring the typical token norm (the coefficient's unit)
+    assert calls["forward"] == 3
     second = find_direction(llama, tokenizer, pos, neg, [1, 2], cache=True)
-    assert calls["forward"] == 2
+    assert calls["forward"] == 3
     for hp in first.hook_points:
         assert torch.equal(first.vectors[hp], second.vectors[hp])
     [entry] = (cache / "activations").glob("*.safetensors")
     entry.write_bytes(entry.read_bytes()[:50])
     with pytest.warns(CacheWarning):
         find_direction(llama, tokenizer, pos, neg, [1, 2], cache=True)
-    assert calls["forward"] == 4 and set(load_file(entry)) == {f"{s}/{hp}" for s in ("pos", "neg")
+    assert calls["forward"] == 6 and set(load_file(entry)) == {f"{s}/{hp}" for s in ("pos", "neg", "norm")
                                                                for hp in first.hook_points}
     find_direction(llama, tokenizer, pos, neg, [1], cache=True)  # other layers: another entry
-    assert calls["forward"] == 6
+    assert calls["forward"] == 9
 
 
 def test_writers_racing_on_one_key_leave_a_whole_entry(cache):
