@@ -10,19 +10,28 @@ instruction, DiffMean, PCA, probe, RFM, the best contrast SAE feature and the be
 3. steer: generate for ``--selection`` instructions of the selection half at every factor (factor x the
    direction's class separation, so one grid fits every method), score with the AxBench rule (harmonic mean of
    concept, instruction and fluency, each 0-2; :mod:`polysteer.modalities.text.evaluators`), pick the best factor;
-4. report: ``--report`` instructions of the report half at the chosen factor.
+4. prompt + steer: the best steering row on the selection half (or ``--prompt-steer-method``) again, now with
+   prompt_appended's prompt, its factor chosen the same way (the ``prompt_steer`` row);
+5. report: ``--report`` instructions of the report half at the chosen factor, every score with a bootstrap 95%
+   interval, paired differences against prompt_appended, and the concept judge's agreement with keyword labels
+   (:mod:`axbench_report`, :mod:`power_stats`).
 
 All rows of a phase run as batched generates whose rows carry different directions and factors
 (:func:`polysteer.stack_plans`). Generations and activations are cached, so an interrupted run resumes.
 
-Sizing (the full run should take about an hour on 2 CPU cores, where SmolLM2 generates ~60-90 tokens/s at batch
-48): 24 concepts x 10 (method, layer) pairs x (2 selection instructions x 6 factors + 3 report instructions) x 64
-new tokens, plus 1,600 persona answers and the baselines: about 330k generated tokens.
+Sizing (SmolLM2 generates ~60-90 tokens/s at batch 48 on 2 CPU cores): generations per run are about
+concepts x (steering rows x selection x factors + selection x factors for prompt_steer + report x (steering rows +
+4)) at ``--tokens`` each, plus 64 x (concepts + 1) persona and plain answers on a cold cache. The default run
+(10 steering rows, 2 selection, 3 report, 6 factors) was 25 min; ``--report 10`` on the four rows of the power run
+below is about 3,400 generations (~215k tokens).
 
 Usage::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py            # the full run (see README.md)
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py --quick    # 2 concepts, 2 factors, smoke run
+    # the power run: 240 report samples per method (24 concepts x 10 report instructions), four steering rows
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py --layers 12 --methods diffmean,pca,sae,sae_filtered \\
+        --report 10
     # only the SAE rows, without the prompting baselines (--questions N, --out DIR shrink and redirect a run):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/axbench_lite.py --layers 12 --methods sae,sae_filtered --no-prompting
 """
@@ -34,18 +43,20 @@ import copy
 import hashlib
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import RESULTS, markdown
+
+# mean and summary are re-exported: trained_vectors.py and peers_run.py read them from this module
+from axbench_report import SAE_METHODS, label, mean, selection_scores, summary, write_results  # noqa: F401
+from common import RESULTS
 from concept_suite import Suite, load_suite
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from polysteer import Intervention, hook_point, make_finder, stack_plans, write_text_atomic
+from polysteer import Intervention, hook_point, make_finder, stack_plans
 from polysteer.modalities.text import Example, cache_dir, collect, generate, load_model, token_labels
 from polysteer.modalities.text.evaluators import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 from polysteer.modalities.text.sae import SHIPPED_SAE
@@ -54,8 +65,6 @@ OUT = RESULTS / "axbench_lite"
 FINDERS = {"diffmean": ("diffmean", {}), "pca": ("pca_diff", {}), "probe": ("probe", {}), "rfm": ("rfm", {}),
            "sae": ("sae_contrast", {"sae": str(SHIPPED_SAE)}),
            "sae_filtered": ("sae_contrast", {"sae": str(SHIPPED_SAE), "score_filter": "output"})}
-SAE_METHODS = ("sae", "sae_filtered")
-PROMPTING = ("prompt_system", "prompt_appended")
 
 
 @dataclass
@@ -175,8 +184,12 @@ def detection(model, tokenizer, suite: Suite, fitted: dict, args) -> dict:
     return aurocs
 
 
-def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | None = None) -> list[tuple[dict, Job]]:
-    """(row, job) pairs: every factor on the selection half, or each chosen factor on the report half."""
+def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | None = None,
+                  appended: bool = False) -> list[tuple[dict, Job]]:
+    """(row, job) pairs: every factor on the selection half, or each chosen factor on the report half.
+
+    With ``appended`` the user prompt carries the concept's instruction, as prompt_appended's does (prompt + steer).
+    """
     pairs = []
     for i, c in enumerate(suite.concepts):
         instructions = rotate(suite.selection, i, args.selection) if half == "selection" else rotate(
@@ -189,8 +202,10 @@ def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | No
                 plan = Intervention(finder.direction_, hp, factor * float(finder.scale_))
                 for ins in instructions:
                     row = {"name": name, "method": method, "hook_point": hp, "factor": factor, "instruction": ins}
-                    job_key = key("steer", name, method, hp, factor, ins, args.tokens, args.dtype, fingerprint(plan))
-                    pairs.append((row, Job(job_key, ins, None, plan)))
+                    job_key = key("steer", name, method, hp, factor, ins, args.tokens, args.dtype, fingerprint(plan),
+                                  *(["appended"] if appended else []))
+                    prompt = f"{ins} {c.instruction}" if appended else ins
+                    pairs.append((row, Job(job_key, prompt, None, plan)))
     return pairs
 
 
@@ -236,7 +251,8 @@ class Judges:
 
 def generate_rows(model, tokenizer, pairs, cache: Cache, args, desc: str) -> list[dict]:
     texts = run_jobs(model, tokenizer, [job for _, job in pairs], cache, args, desc)
-    return [{**row, "key": job.key, "text": t} for (row, job), t in zip(pairs, texts)]
+    # "task" keeps the instruction's text: judging overwrites "instruction" with its score
+    return [{**row, "task": row["instruction"], "key": job.key, "text": t} for (row, job), t in zip(pairs, texts)]
 
 
 def choose_factors(rows: list[dict]) -> dict:
@@ -247,104 +263,20 @@ def choose_factors(rows: list[dict]) -> dict:
     return {k: max(sorted(f), key=lambda x: statistics.mean(f[x])) for k, f in means.items()}
 
 
-def mean(rows: list[dict], field: str) -> float:
-    return statistics.mean(r[field] for r in rows) if rows else float("nan")
+def best_steering(selection: list[dict], chosen: dict) -> tuple[str, str]:
+    """The (method, hook point) whose chosen factors score best on the selection half, averaged over concepts."""
+    scores = selection_scores(selection, chosen)
+    return max(scores, key=scores.get)
 
 
-def summary(report: list[dict], aurocs: dict, chosen: dict) -> list[dict]:
-    """One row per (method, hook point): report-half means, median chosen factor, mean detection AUROC."""
-    table = []
-    for method, hp in dict.fromkeys((r["method"], r["hook_point"]) for r in report):
-        rows = [r for r in report if (r["method"], r["hook_point"]) == (method, hp)]
-        aucs = [a for (_, m, h), a in aurocs.items() if (m, h) == (method, hp)]
-        factors = [f for (_, m, h), f in chosen.items() if (m, h) == (method, hp)]
-        table.append({"method": method, "layer": hp.split(".")[2] if hp != "-" else "-",
-                      "score": mean(rows, "score"), "concept": mean(rows, "concept"),
-                      "instruction": mean(rows, "instruction"), "fluency": mean(rows, "fluency"),
-                      "factor": f"{statistics.median(factors):g}" if factors else "-",
-                      "AUROC": f"{statistics.mean(aucs):.3f}" if aucs else "-", "n": len(rows)})
-    return sorted(table, key=lambda t: -t["score"])
-
-
-def per_concept(report: list[dict], columns: list[tuple[str, str]]) -> list[dict]:
-    """Report-half score per concept for each (method, hook point)."""
-    table = []
-    for name in dict.fromkeys(r["name"] for r in report):
-        row = {"concept": name}
-        for method, hp in columns:
-            rows = [r for r in report if (r["name"], r["method"], r["hook_point"]) == (name, method, hp)]
-            row[label(method, hp)] = mean(rows, "score")
-        table.append(row)
-    return table
-
-
-def auroc_table(aurocs: dict) -> tuple[list[dict], list[str]]:
-    """Detection AUROC per concept (rows) and (method, layer) (columns), with a mean row."""
-    columns = [label(m, hp) for m, hp in dict.fromkeys((m, hp) for _, m, hp in aurocs)]
-    table = {}
-    for (name, method, hp), value in aurocs.items():
-        table.setdefault(name, {"concept": name})[label(method, hp)] = value
-    rows = list(table.values())
-    rows.append({"concept": "mean", **{c: statistics.mean(r[c] for r in rows) for c in columns}})
-    return rows, ["concept"] + columns
-
-
-def label(method: str, hp: str) -> str:
-    return method if hp == "-" else f"{method}@L{hp.split('.')[2]}"
-
-
-def sae_comparison(selection: list[dict], report: list[dict], fitted: dict, hp: str) -> list[dict]:
-    """Filtered vs unfiltered SAE feature per concept: features, report scores, best concept at fluency >= 1."""
-    table = []
-    for name in dict.fromkeys(r["name"] for r in report):
-        if (name, "sae", hp) not in fitted or (name, "sae_filtered", hp) not in fitted:
-            continue
-        row = {"concept": name}
-        for method in SAE_METHODS:
-            rep = [r for r in report if (r["name"], r["method"], r["hook_point"]) == (name, method, hp)]
-            sel = [r for r in selection if (r["name"], r["method"], r["hook_point"]) == (name, method, hp)]
-            fluent = [mean(g, "concept") for g in _by_factor(sel).values() if mean(g, "fluency") >= 1.0]
-            row |= {f"{method} feature": int(fitted[name, method, hp].features_[0]),
-                    f"{method} score": mean(rep, "score"), f"{method} concept": mean(rep, "concept"),
-                    f"{method} fluency": mean(rep, "fluency"),
-                    f"{method} concept@fluency>=1": max(fluent) if fluent else 0.0}
-        table.append(row)
-    return table
-
-
-def _by_factor(rows: list[dict]) -> dict[float, list[dict]]:
-    groups: dict[float, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["factor"], []).append(r)
-    return dict(sorted(groups.items()))
-
-
-def pareto_plot(selection: list[dict], report: list[dict], path: Path) -> None:
-    """Mean concept vs mean fluency per factor (selection half), one line per method and layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from polysteer import atomic_write
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for method, hp in dict.fromkeys((r["method"], r["hook_point"]) for r in selection):
-        groups = _by_factor([r for r in selection if (r["method"], r["hook_point"]) == (method, hp)])
-        xs, ys = [mean(g, "fluency") for g in groups.values()], [mean(g, "concept") for g in groups.values()]
-        ax.plot(xs, ys, marker="o", linestyle="-" if hp == selection[0]["hook_point"] else "--",
-                label=label(method, hp))
-        for f, x, y in zip(groups, xs, ys):
-            ax.annotate(f"{f:g}", (x, y), fontsize=6)
-    for method in ("unsteered", *PROMPTING):
-        rows = [r for r in report if r["method"] == method]
-        ax.scatter([mean(rows, "fluency")], [mean(rows, "concept")], marker="*", s=160, label=method, zorder=3)
-    ax.set(xlabel="fluency (0-2)", ylabel="concept score (0-2)", xlim=(0, 2.05), ylim=(0, 2.05),
-           title="AxBench-lite on SmolLM2-135M-Instruct: concept vs fluency (labels: factor)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+def prompt_steer_source(args, selection: list[dict], chosen: dict) -> tuple[str, str] | None:
+    """prompt_steer's (method, hook point): ``--prompt-steer-method``, else the best steering row; None: no row."""
+    if args.no_prompting or args.prompt_steer_method == "none":
+        return None
+    if args.prompt_steer_method:
+        method, layer = args.prompt_steer_method.split("@")
+        return method, (args.sae_hook_point if method in SAE_METHODS else hook_point(int(layer)))
+    return best_steering(selection, chosen)
 
 
 def parse_args(argv=None):
@@ -364,6 +296,9 @@ def parse_args(argv=None):
                              "persona answers, activations, directions and judges stay float32")
     parser.add_argument("--batch", type=int, default=48, help="rows per batched generate")
     parser.add_argument("--output-threshold", type=float, default=0.01, help="sae_filtered's output-score floor")
+    parser.add_argument("--prompt-steer-method", default=None,
+                        help="METHOD@LAYER (e.g. diffmean@12) steered with prompt_appended's prompt in the "
+                             "prompt_steer row; default the best steering row on the selection half; 'none': no row")
     parser.add_argument("--quick", action="store_true", help="2 concepts, 2 factors, 2+2 instructions, 32 tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -374,8 +309,22 @@ def parse_args(argv=None):
         parser.error(f"unknown --methods {sorted(set(args.methods) - set(FINDERS))}; choose from {list(FINDERS)}")
     args.factors = [float(x) for x in args.factors.split(",")]
     args.sae_hook_point = hook_point(sae_layer())
+    if args.prompt_steer_method not in (None, "none"):
+        args.prompt_steer_method = _steered_row(parser, args, args.prompt_steer_method)
     args.out = args.out or (OUT / "quick" if args.quick else OUT)
     return args
+
+
+def _steered_row(parser, args, spec: str) -> str:
+    """``METHOD@LAYER`` checked against the rows this run fits: ``--methods`` at ``--layers``, SAE rows at the SAE's."""
+    method, _, layer = spec.partition("@")
+    layer = layer.removeprefix("L")
+    if method not in args.methods or not layer.isdigit():
+        parser.error(f"--prompt-steer-method {spec!r}: give METHOD@LAYER with METHOD one of --methods {args.methods}")
+    layers = [int(args.sae_hook_point.split(".")[2])] if method in SAE_METHODS else args.layers
+    if int(layer) not in layers:
+        parser.error(f"--prompt-steer-method {spec!r}: {method} runs at layers {layers}; pick one of them")
+    return f"{method}@{int(layer)}"
 
 
 def sae_layer() -> int:
@@ -398,44 +347,23 @@ def main(argv=None) -> None:
     aurocs = detection(model, tokenizer, suite, fitted, args)
     generator = model if args.dtype == "float32" else copy.deepcopy(model).to(getattr(torch, args.dtype))
     judges = Judges(model, tokenizer, suite, cache, args, generator)
-    selection = generate_rows(generator, tokenizer, steering_jobs(suite, fitted, args, "selection"), cache, args,
-                              "selection half")
+    phase = lambda pairs, desc: generate_rows(generator, tokenizer, pairs, cache, args, desc)
+    selection = phase(steering_jobs(suite, fitted, args, "selection"), "selection half")
     judges.score(selection, scores)
     chosen = choose_factors(selection)
-    report = generate_rows(generator, tokenizer, steering_jobs(suite, fitted, args, "report", chosen) +
-                           reference_jobs(suite, args), cache, args, "report half")
+    source = prompt_steer_source(args, selection, chosen)
+    steered = {k: f for k, f in fitted.items() if (k[1], k[2]) == source}
+    steered = {(name, "prompt_steer", hp): f for (name, _, hp), f in steered.items()}
+    if steered:  # the same factor search, with the prompt present
+        prompted = phase(steering_jobs(suite, steered, args, "selection", appended=True), "prompt_steer selection")
+        judges.score(prompted, scores)
+        chosen |= choose_factors(prompted)
+        selection += prompted
+    report = phase(steering_jobs(suite, fitted, args, "report", chosen) + reference_jobs(suite, args) +
+                   steering_jobs(suite, steered, args, "report", chosen, appended=True), "report half")
     judges.score(report, scores)
-    write_results(args, suite, selection, report, fitted, aurocs, chosen, time.time() - start)
-
-
-def write_results(args, suite, selection, report, fitted, aurocs, chosen, seconds) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = summary(report, aurocs, chosen)
-    columns = list(dict.fromkeys((r["method"], r["hook_point"]) for r in report))
-    sae = sae_comparison(selection, report, fitted, args.sae_hook_point)
-    pareto_plot(selection, report, args.out / "pareto.png")
-    command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/axbench_lite.py " + " ".join(sys.argv[1:])
-    ordering = " > ".join(f"{t['method']}{'' if t['layer'] == '-' else '@L' + t['layer']} {t['score']:.3f}"
-                          for t in table)
-    text = [f"# AxBench-lite on SmolLM2-135M-Instruct\n\nCommand: `{command.strip()}` ({seconds / 60:.0f} min, "
-            f"{torch.get_num_threads()} threads).\n\n{len(suite.concepts)} concepts; factors {args.factors} x class "
-            f"separation; {args.selection} selection + {args.report} report instructions per concept; "
-            f"{args.tokens} new tokens, greedy, generated in {args.dtype}. Scores are 0-2 (AxBench rule: harmonic "
-            "mean, 0 if any part is 0); "
-            f"AUROC is concept detection on the held-out texts.\n\nOrdering: {ordering}\n",
-            "## Methods (report half, chosen factor)\n", markdown(table, list(table[0])), "![pareto](pareto.png)\n",
-            "## Score per concept\n",
-            markdown(per_concept(report, columns), ["concept"] + [label(*c) for c in columns])]
-    if sae:
-        text += ["## SAE feature: output-score filtered vs unfiltered\n", markdown(sae, list(sae[0]))]
-    detection, detection_columns = auroc_table(aurocs)
-    text += ["## Concept detection AUROC (held-out texts: 16 of the concept vs 48 neutral + 2 of every other "
-             "concept; token scores mean-pooled per text)\n", markdown(detection, detection_columns)]
-    write_text_atomic(args.out / "README.md", "\n".join(text))
-    write_text_atomic(args.out / "results.json", json.dumps(
-        {"summary": table, "sae": sae, "aurocs": {"|".join(k): v for k, v in aurocs.items()},
-         "chosen": {"|".join(k): v for k, v in chosen.items()}, "report": report}, indent=1))
-    print("\n".join(text))
+    write_results(args, suite, selection, report, fitted, aurocs, chosen, time.time() - start,
+                  label(*source) if source else None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""AxBench-lite's tables on hand-made judged rows: paired differences, judge agreement, intervals, prompt_steer's
+source. The rows look as they do after judging: ``instruction`` holds the instruction score, ``task`` its text."""
+
+import importlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, BENCHMARKS)  # the benchmark scripts import their siblings (common, power_stats) by name
+    try:
+        return SimpleNamespace(report=importlib.import_module("axbench_report"),
+                               lite=importlib.import_module("axbench_lite"))
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+def judged(method, hp, scores, texts=None, concepts=None):
+    """One row per (concept, task): ``scores`` and ``concepts`` in the order c0/t0, c0/t1, c1/t0, c1/t1."""
+    keys = [(c, t) for c in ("ocean", "dogs") for t in ("Name a fruit.", "Plan a trip.")]
+    return [{"name": c, "task": t, "method": method, "hook_point": hp, "factor": 1.0, "score": s, "instruction": 1.0,
+             "fluency": 2.0, "concept": (concepts or [1.0] * 4)[i], "text": (texts or ["x"] * 4)[i]}
+            for i, ((c, t), s) in enumerate(zip(keys, scores))]
+
+
+def test_differences_pair_rows_on_concept_and_task(bench):
+    hp = "text.blocks.12.resid_post"
+    report = (judged("prompt_appended", "-", [1.0, 0.5, 0.0, 1.0]) + judged("diffmean", hp, [0.5, 0.5, 0.5, 0.5])
+              + judged("prompt_steer", hp, [1.5, 1.0, 0.5, 1.5]))
+    report[5]["task"], report[4]["task"] = report[4]["task"], report[5]["task"]  # order must not matter
+    diffs = bench.report.differences(report, ["prompt_steer@L12", "diffmean@L12"])
+    assert list(diffs) == ["prompt_steer@L12", "diffmean@L12"]
+    assert diffs["prompt_steer@L12"] == (0.5, 0.5, 0.5)  # +0.5 on every pair: no spread at all
+    assert diffs["diffmean@L12"][0] == pytest.approx(-0.125)
+    assert bench.report.differences(report[4:], []) == {}  # no prompt_appended rows, no differences
+
+
+def test_agreement_labels_outputs_with_their_own_concepts_keywords(bench):
+    suite = SimpleNamespace(concepts=[SimpleNamespace(name="ocean", keywords=("ocean", "wave")),
+                                      SimpleNamespace(name="dogs", keywords=("dog", "puppy"))])
+    texts = ["Waves at sea.", "Nothing here.", "The ocean is calm.", "Two dogs played."]
+    report = judged("diffmean", "text.blocks.12.resid_post", [0.0] * 4, texts, [2.0, 0.0, 0.0, 1.0])
+    overall, per_row = bench.report.agreement(report, suite)
+    assert [r["keyword"] for r in report] == [True, False, False, True]  # "ocean" is not a dogs keyword
+    assert overall["confusion"] == {0: {"yes": 0, "no": 2}, 1: {"yes": 1, "no": 0}, 2: {"yes": 1, "no": 0}}
+    assert overall["accuracy"] == 1.0 and per_row[0]["row"] == "diffmean@L12" and per_row[0]["judge > 0"] == 0.5
+
+
+def test_interval_table_writes_each_score_with_its_interval(bench):
+    report = judged("prompt_appended", "-", [1.0, 0.5, 0.0, 1.0])
+    table = bench.report.summary(report, {}, {})
+    rows = bench.report.interval_table(table, bench.report.intervals(report))
+    assert rows[0]["method"] == "prompt_appended" and rows[0]["n"] == 4
+    assert rows[0]["score"].startswith("0.625 [") and rows[0]["fluency"] == "2.000 [2.00, 2.00]"
+
+
+def test_prompt_steer_source_is_the_best_row_at_its_chosen_factors(bench):
+    a, b = ("diffmean", "text.blocks.12.resid_post"), ("pca", "text.blocks.12.resid_post")
+    selection = [{"name": name, "method": m, "hook_point": hp, "factor": f, "score": s}
+                 for name, (m, hp), f, s in [("ocean", a, 1.0, 2.0), ("ocean", a, 4.0, 0.0), ("dogs", a, 1.0, 0.0),
+                                             ("ocean", b, 1.0, 1.0), ("dogs", b, 4.0, 1.5), ("dogs", b, 1.0, 0.0)]]
+    chosen = bench.lite.choose_factors(selection)
+    assert bench.lite.best_steering(selection, chosen) == b  # (1.0 + 1.5) / 2 beats (2.0 + 0.0) / 2
+    args = SimpleNamespace(no_prompting=False, prompt_steer_method="diffmean@12", sae_hook_point="x")
+    assert bench.lite.prompt_steer_source(args, selection, chosen) == a
+    args.prompt_steer_method = "none"
+    assert bench.lite.prompt_steer_source(args, selection, chosen) is None
+
+
+def test_prompt_steer_method_must_be_a_fitted_row(bench):
+    with pytest.raises(SystemExit):
+        bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--prompt-steer-method", "pca@12"])
+    with pytest.raises(SystemExit):
+        bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--prompt-steer-method", "diffmean@20"])
+    args = bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--prompt-steer-method", "diffmean@L12"])
+    assert args.prompt_steer_method == "diffmean@12"
