@@ -233,7 +233,7 @@ class Judges:
         answers = run_jobs(generator or model, tokenizer, [Job(key("base", i, args.tokens, args.dtype), i)
                                                            for i in instructions], cache, args, "unsteered answers")
         self.instruction = InstructionScore.calibrated(instructions, answers)
-        self.fluency = FluencyScore.calibrated(model, tokenizer, instructions, answers)
+        self.fluency = FluencyScore.calibrated(model, tokenizer, answers)
         self.concepts = {c.name: ConceptScore.calibrated(c.description, c.heldout, suite.negatives(c))
                          for c in suite.concepts}
 
@@ -341,7 +341,8 @@ def main(argv=None) -> None:
     model, tokenizer = load_model()
     suite = load_suite().subset(limit=args.concepts)
     work = cache_dir() / "axbench-lite"
-    cache, scores = Cache(work / "generations.jsonl"), Cache(work / "scores.jsonl")
+    # scores-v2: fluency judged on the output alone (v1 conditioned it on the prompt)
+    cache, scores = Cache(work / "generations.jsonl"), Cache(work / "scores-v2.jsonl")
     positives, negatives = training_data(model, tokenizer, suite, cache, args)
     fitted = fit_directions(model, tokenizer, suite, positives, negatives, args)
     aurocs = detection(model, tokenizer, suite, fitted, args)

@@ -3,6 +3,7 @@
 import pytest
 
 from polysteer import PolysteerError, registry
+from polysteer.modalities.text.evaluators import Perplexity
 from polysteer.modalities.text.evaluators.rubric import (
     AxBenchScore,
     ConceptScore,
@@ -65,12 +66,21 @@ def test_instruction_score_rewards_answers_to_their_own_instruction():
 def test_fluency_is_calibrated_on_unsteered_answers_and_penalises_loops(llama, tokenizer):
     prompts = ["tell me about the ocean"] * 4
     answers = ["the music was good", "we love the food", "our best friend", "the ocean is good"]
-    calibrated = FluencyScore.calibrated(llama, tokenizer, prompts, answers)
+    calibrated = FluencyScore.calibrated(llama, tokenizer, answers)
     assert sum(s == 2 for s in calibrated.evaluate(answers, prompts=prompts)) >= 3  # up to the 90th percentile
     lenient = FluencyScore(llama, tokenizer, Thresholds(float("inf"), float("inf"), lower_is_better=True))
     loop = "the best the best the best the best the best the best"
     varied = "we walked to the music hall and then our friend found good food"
     assert lenient.evaluate([varied, loop], prompts=prompts[:2]) == [2.0, 0.0]
+
+
+def test_fluency_reads_the_output_alone_as_axbench_does(llama, tokenizer):
+    """AxBench's fluency judge disregards relevance to the prompt: the prompt must not move the score."""
+    text = "the ocean is good and the music was good"
+    alone = Perplexity(llama, tokenizer).evaluate([text])[0]
+    for high, expected in ((alone * 1.001, 2.0), (alone * 0.999, 1.0)):
+        judge = FluencyScore(llama, tokenizer, Thresholds(3 * high, high, lower_is_better=True))
+        assert judge.evaluate([text] * 2, prompts=["tell me about the ocean", "how do I fix a bike?"]) == [expected] * 2
 
 
 def test_axbench_score_combines_parts(llama, tokenizer):

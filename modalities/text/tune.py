@@ -72,7 +72,7 @@ class Judges:
                             max_new_tokens=max_new_tokens, progress=False)
         self.judge = AxBenchScore(ConceptScore.calibrated(concept, prompted, plain),
                                   InstructionScore.calibrated(instructions, plain),
-                                  FluencyScore.calibrated(model, tokenizer, instructions, plain))
+                                  FluencyScore.calibrated(model, tokenizer, plain))
 
     def means(self, texts: Sequence[str], prompts: Sequence[str]) -> dict[str, float]:
         rows = self.judge.breakdown(texts, prompts)

@@ -9,9 +9,12 @@ thresholds fitted on reference texts (see :func:`calibrate`):
   accuracy between them (Youden's J, placed midway to the next lower text), ``high`` the positives' median.
 * **instruction**: MiniLM cosine of the output to its instruction. Calibrated on the unsteered model's answers:
   positives are each answer against its own instruction, negatives against other instructions.
-* **fluency**: perplexity under the unsteered model given the prompt, calibrated on unsteered answers:
+* **fluency**: perplexity of the output on its own under the unsteered model, calibrated on unsteered answers:
   2 up to their 90th percentile, 1 up to three times that, else 0; minus a repetition penalty of 1 when
   fewer than 80% of the word 3-grams are distinct and 2 when fewer than 50% (loops read fluent to perplexity).
+  The prompt is left out as AxBench's fluency judge leaves it out ("disregarding its completeness, relevance,
+  coherence with any broader context"): given the prompt, an answer that turns to the concept reads as surprising,
+  and relevance is the instruction judge's part.
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ class InstructionScore(Evaluator):
 
 
 class FluencyScore(Evaluator):
-    """0-2 fluency: perplexity under the unsteered model, calibrated on its own answers, minus repetition."""
+    """0-2 fluency: perplexity of the output alone under the unsteered model, calibrated on its own answers,
+    minus repetition."""
 
     name = "axbench-fluency"
     modalities = ("text",)
@@ -132,17 +136,18 @@ class FluencyScore(Evaluator):
         self.perplexity, self.thresholds = Perplexity(model, tokenizer), thresholds
 
     @classmethod
-    def calibrated(cls, model, tokenizer, instructions: Sequence[str], answers: Sequence[str]) -> "FluencyScore":
+    def calibrated(cls, model, tokenizer, answers: Sequence[str]) -> "FluencyScore":
         """2 up to the unsteered answers' 90th-percentile perplexity, 1 up to three times that."""
-        ppl = Perplexity(model, tokenizer).evaluate(answers, prompts=instructions)
+        ppl = Perplexity(model, tokenizer).evaluate(answers)
         finite = torch.tensor([math.log(p) for p in ppl if math.isfinite(p)])
         if len(finite) < 2:
             raise PolysteerError("fluency calibration needs at least two non-empty unsteered answers")
         high = math.exp(float(finite.quantile(FLUENCY_QUANTILE)))
         return cls(model, tokenizer, Thresholds(FLUENCY_SLACK * high, high, lower_is_better=True))
 
-    def evaluate(self, outputs, prompts: Sequence[str] | None = None, **context):
-        ppl = self.perplexity.evaluate(outputs, prompts=prompts)
+    def evaluate(self, outputs, **context):
+        """Scores of ``outputs``; a ``prompts=`` in ``context`` is accepted and, by design, not read."""
+        ppl = self.perplexity.evaluate(outputs)
         return [float(max(0, self.thresholds.score(p) - repetition_penalty(o))) for o, p in zip(outputs, ppl)]
 
 
