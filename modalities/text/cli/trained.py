@@ -47,6 +47,17 @@ def _training_source(data, persona, questions):
     return qs, {"persona_positive": pair.positive, "persona_negative": pair.negative, "n_questions": len(qs)}, pair
 
 
+def _preference(objective: str, preference: str | None, beta: float | None, margin: float | None) -> dict:
+    """The finder's preference settings for ``--objective preference``; refuses them with another objective."""
+    given = {"preference": preference, "beta": beta, "margin": margin}
+    if objective != "preference":
+        named = [f"--{k}" for k, v in given.items() if v is not None]
+        if named:
+            raise PolysteerError(f"{', '.join(named)} goes with --objective preference")
+        return {}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _reward(objective: str, reward_keywords: list[str] | None, pair: PersonaPair | None):
     """The reward function and its keywords for ``--objective reward``; ``(None, None)`` otherwise."""
     if objective != "reward":
@@ -64,7 +75,12 @@ def _reward(objective: str, reward_keywords: list[str] | None, pair: PersonaPair
 @click.option("--data", type=input_type(), help='JSONL of {"prompt", "target", "contrast"} rows.')
 @click.option("--persona", help=f"Built-in persona pair ({', '.join(PERSONAS)}) or 'POSITIVE|NEGATIVE'.")
 @click.option("--questions", type=input_type(), help="Questions for persona answers / reward prompts.")
-@click.option("--objective", type=CheckedChoice(["supervised", "reward"]), default="supervised", show_default=True)
+@click.option("--objective", type=CheckedChoice(["supervised", "reward", "preference"]), default="supervised",
+              show_default=True, help="preference: +v prefers each row's target, -v its contrast (RePS or BiPO).")
+@click.option("--preference", type=CheckedChoice(["reps", "bipo"]),
+              help="Preference loss: reps (reference-free, SimPO-style; default) or bipo (DPO vs the unsteered model).")
+@click.option("--beta", type=POSITIVE_FLOAT, help="Preference temperature (default 1.0 for reps, 0.1 for bipo).")
+@click.option("--margin", type=NONNEGATIVE_FLOAT, help="RePS margin gamma (default 0).")
 @click.option("--reward-keywords", type=words_type,
               help="Reward: 1 if a sampled completion mentions one (default: the persona's).")
 @layers_option(help="Default: 40% of the depth.")
@@ -85,14 +101,16 @@ def _reward(objective: str, reward_keywords: list[str] | None, pair: PersonaPair
 @max_new_tokens_option(32, help="Reward: length of sampled completions.")
 @seed_option()
 @output_option(help="Direction file to write (.safetensors).")
-def train_vector(model_name, device, dtype, data, persona, questions, objective, reward_keywords, output, **params):
-    """Learn a steering vector by gradient descent through the frozen model (supervised or REINFORCE)."""
+def train_vector(model_name, device, dtype, data, persona, questions, objective, preference, beta, margin,
+                 reward_keywords, output, **params):
+    """Learn a steering vector by gradient descent through the frozen model (supervised, REINFORCE or preference)."""
     from polysteer.finder import make_finder
     from polysteer.modalities.text.trained.data import rows_from_examples
     from polysteer.modalities.text.workflow import persona_data
 
     rows, source, pair = _training_source(data, persona, questions)
     reward, keywords = _reward(objective, reward_keywords, pair)
+    params.update(_preference(objective, preference, beta, margin))
     source = {**source, "reward_keywords": keywords} if keywords else source
     model, tokenizer = load_text_model(model_name, device, dtype)
     if pair is not None and objective != "reward":  # persona answers are written by the model itself
@@ -105,4 +123,5 @@ def train_vector(model_name, device, dtype, data, persona, questions, objective,
     click.echo(f"{label} {sign * finder.baseline_:.4f} -> {sign * finder.best_monitor_:.4f} after "
                f"{finder.n_steps_} steps" + (" (stopped early)" if finder.stopped_early_ else ""))
     norms = ", ".join(f"{hp} |v|={direction.scales[hp]:.3f}" for hp in direction.hook_points)
-    click.echo(f"wrote {output}: trained ({objective}{', gated' if params['gate'] else ''}) at {norms}")
+    kind = params.get("preference", "reps") if objective == "preference" else objective
+    click.echo(f"wrote {output}: trained ({kind}{', gated' if params['gate'] else ''}) at {norms}")

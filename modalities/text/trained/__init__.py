@@ -6,6 +6,7 @@ _EXPORTS = {
     "TrainedVector": ".finder",
     **dict.fromkeys(("TrainRow", "read_rows", "rows_from_examples"), ".data"),
     **dict.fromkeys(("Reinforce", "Supervised"), ".objectives"),
+    "Preference": ".preference",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -20,9 +20,25 @@ from polysteer.hookpoints import hook_point
 from polysteer.modalities.text.modality import TextModality
 from polysteer.modalities.text.trained.data import TrainRow, as_rows, frozen
 from polysteer.modalities.text.trained.objectives import Reinforce, Supervised
+from polysteer.modalities.text.trained.preference import Preference, SteeringSign, check_preference
 from polysteer.modalities.text.workflow import choose_layers
 from polysteer.model_finder import ModelFinder
+from polysteer.operator import Operator
 from polysteer.plugins.operators.gated import LearnedAdd
+
+OBJECTIVES = ("supervised", "reward", "preference")
+
+
+class _Signed(Operator):
+    """Applies the training operator with the coefficient times ``sign.value`` (the preference objectives flip it)."""
+
+    name = "signed_learned_add"
+
+    def __init__(self, inner: Operator, sign: SteeringSign):
+        self.inner, self.sign = inner, sign
+
+    def __call__(self, h, v, coef):
+        return self.inner(h, v, coef * self.sign.value)
 
 
 class _Trainable:
@@ -32,12 +48,13 @@ class _Trainable:
         zeros = lambda *shape: torch.zeros(*shape, device=device, requires_grad=True)  # noqa: E731
         self.vectors = {hp: zeros(d_model) for hp in points}
         self.gates = {hp: {"w": zeros(d_model), "b": zeros(1)} for hp in points} if gate else {}
+        self.sign = SteeringSign()
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.vectors.values()) + [t for g in self.gates.values() for t in g.values()]
 
     def plan(self) -> Plan:
-        return Plan([Intervention(v.detach(), hp, 1.0, LearnedAdd(v, **self._gate(hp)))
+        return Plan([Intervention(v.detach(), hp, 1.0, _Signed(LearnedAdd(v, **self._gate(hp)), self.sign))
                      for hp, v in self.vectors.items()])
 
     def _gate(self, hp: str) -> dict[str, torch.Tensor]:
@@ -67,8 +84,9 @@ class TrainedVector(ModelFinder):
     """Learn steering vectors by gradient descent on a frozen text model.
 
     Args:
-        objective: ``'supervised'`` (rows with ``target`` and optional ``contrast``) or ``'reward'``
-            (REINFORCE on ``reward`` over sampled completions of the rows' prompts).
+        objective: ``'supervised'`` (rows with ``target`` and optional ``contrast``), ``'reward'``
+            (REINFORCE on ``reward`` over sampled completions of the rows' prompts) or ``'preference'``
+            (rows with ``target`` and ``contrast``: ``+v`` prefers the target, ``-v`` the contrast).
         layers: block indices (``12``, ``[8, 12]``, ``'8-12'``); None: 40% of the depth.
         site: hook-point site of every layer.
         steps: maximum optimiser steps; lr: Adam learning rate; batch_size: rows per step.
@@ -78,6 +96,8 @@ class TrainedVector(ModelFinder):
         patience: evaluations without improvement of the held-out monitor before stopping (None: never).
         eval_every: steps between evaluations; val_fraction: rows held out for the monitor.
         reward, baseline, num_samples, max_new_tokens, temperature: the reward objective's settings.
+        preference: ``'reps'`` (RePS, reference-free, SimPO-style) or ``'bipo'`` (BiPO, DPO against the
+            unsteered model); beta: its temperature (None: 1.0 for RePS, 0.1 for BiPO); margin: RePS's margin.
         chat: format prompts with the tokenizer's chat template (as ``generate`` does).
         seed: fixes batch order and sampling, so the same seed gives the same vectors.
         progress: show a tqdm bar.
@@ -91,13 +111,15 @@ class TrainedVector(ModelFinder):
                  gate: bool = False, max_norm: float | None = None, l2: float = 0.0, patience: int | None = 5,
                  eval_every: int = 10, val_fraction: float = 0.2, reward: Any = None, baseline: str = "batch",
                  num_samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0, chat: bool = True,
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, progress: bool = True, preference: str = "reps", beta: float | None = None,
+                 margin: float = 0.0):
         self.objective, self.layers, self.site, self.steps, self.lr = objective, layers, site, steps, lr
         self.batch_size, self.contrast_weight, self.gate = batch_size, contrast_weight, gate
         self.max_norm, self.l2, self.patience, self.eval_every = max_norm, l2, patience, eval_every
         self.val_fraction, self.reward, self.baseline, self.num_samples = val_fraction, reward, baseline, num_samples
         self.max_new_tokens, self.temperature, self.chat = max_new_tokens, temperature, chat
         self.seed, self.progress = seed, progress
+        self.preference, self.beta, self.margin = preference, beta, margin
 
     @classmethod
     def check_params(cls, d_model: int) -> dict:
@@ -117,7 +139,9 @@ class TrainedVector(ModelFinder):
         points = self.hook_points(model)
         d_model = TextModality().d_model(model, points[0])
         params = _Trainable(points, d_model, self.gate, next(model.parameters()).device)
-        objective = self._objective(model, tokenizer)
+        objective = self._objective(model, tokenizer, params.sign)
+        if hasattr(objective, "check"):
+            objective.check(rows)  # bad rows are refused before any forward pass
         train, val = self._split(rows)
         with torch.enable_grad(), frozen(model), steer(model, params.plan(), TextModality()):
             self.baseline_ = objective.monitor(val)
@@ -128,8 +152,10 @@ class TrainedVector(ModelFinder):
         return self
 
     def _check(self) -> None:
-        if self.objective not in ("supervised", "reward"):
-            raise PolysteerError(f"unknown objective {self.objective!r}; use 'supervised' or 'reward'")
+        if self.objective not in OBJECTIVES:
+            raise PolysteerError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}")
+        if self.objective == "preference":
+            check_preference(self.preference, self.beta, self.margin)
         if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.eval_every < 1:
             raise PolysteerError("steps, batch_size and eval_every must be >= 1 and lr > 0")
         if self.max_norm is not None and self.max_norm <= 0:
@@ -137,9 +163,11 @@ class TrainedVector(ModelFinder):
         if not 0 <= self.val_fraction < 1:
             raise PolysteerError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
-    def _objective(self, model, tokenizer):
+    def _objective(self, model, tokenizer, sign: SteeringSign):
         if self.objective == "supervised":
             return Supervised(model, tokenizer, self.contrast_weight, self.chat)
+        if self.objective == "preference":
+            return Preference(model, tokenizer, sign, self.preference, self.beta, self.margin, self.chat, self.seed)
         return Reinforce(model, tokenizer, self.reward, self.baseline, self.num_samples, self.max_new_tokens,
                          self.temperature, self.chat, self.seed)
 
@@ -156,7 +184,7 @@ class TrainedVector(ModelFinder):
         optimizer = torch.optim.Adam(params.tensors(), lr=self.lr)
         batches = _Batches(len(train), self.batch_size, self.seed)
         history, best, best_state, bad = [{"step": 0, "monitor": self.baseline_}], math.inf, None, 0
-        bar = tqdm(range(1, self.steps + 1), desc=f"training {self.objective} vector", disable=not self.progress)
+        bar = tqdm(range(1, self.steps + 1), desc=f"training {self._label()} vector", disable=not self.progress)
         for step in bar:
             loss = objective.loss([train[i] for i in batches.next()], step)
             if self.l2:
@@ -182,6 +210,9 @@ class TrainedVector(ModelFinder):
         params.restore(best_state)
         self.n_steps_, self.best_monitor_ = history[-1]["step"], best
         return history, history[-1]["step"] < self.steps
+
+    def _label(self) -> str:
+        return self.preference if self.objective == "preference" else self.objective
 
 
 class _Batches:
