@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from tiny import peaked_llama, tiny_tokenizer
 
 from polysteer import Direction, PolysteerError, steer
 from polysteer.cli import main
@@ -23,11 +23,7 @@ VARIANTS = ("reps", "bipo")
 
 @pytest.fixture(scope="module")
 def peaked():
-    """A tiny llama whose output distribution is not flat (as in test_trained_vectors)."""
-    model = tiny_model("llama", seed=1)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-    return model
+    return peaked_llama()
 
 
 def train(model, tokenizer, variant, **params):

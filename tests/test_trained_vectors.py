@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import tiny_model, tiny_tokenizer
+from tiny import peaked_llama, tiny_tokenizer
 
 from polysteer import Direction, Intervention, PolysteerError, make_finder, registry, steer
 from polysteer.cli import get_cli, main
@@ -32,11 +32,7 @@ def rows(target=OCEAN, contrast=CITY):
 
 @pytest.fixture(scope="module")
 def peaked():
-    """A tiny llama whose output distribution is not flat, so steering changes samples visibly."""
-    model = tiny_model("llama", seed=1)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-    return model
+    return peaked_llama()
 
 
 def build(name, **params):

@@ -73,6 +73,14 @@ def random_sae(d_in: int = 32, d_sae: int = 64, architecture: str = "topk", k: i
     return sae
 
 
+def peaked_llama():
+    """A tiny llama whose output distribution is not flat (logits x 10), so steering changes samples visibly."""
+    model = tiny_model("llama", seed=1)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    return model
+
+
 def axis_sae(d: int = 16, architecture: str = "standard", hook_point: str | None = "text.blocks.1.resid_post"):
     """Latent ``j < d`` reads and writes +axis ``j``, latent ``d + j`` the -axis: ``encode(h) = relu([h, -h])``."""
     from polysteer.plugins.sae import SAE
