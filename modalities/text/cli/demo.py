@@ -56,7 +56,7 @@ def demo(model_name, device, dtype, concept, layer, coef, n_prompts, max_new_tok
     click.echo(f"\nconcept '{concept}' mentioned: unsteered {result.unsteered:.0%}, steered {result.steered:.0%} "
                f"of {len(result.prompts)} prompts (coefficient {coef} x typical activation norm {scale:.1f})")
     fluency = FluencyScore.calibrated(model, tokenizer, result.unsteered_texts)
-    mean = lambda texts: sum(fluency.evaluate(texts, prompts=result.prompts)) / len(texts)  # noqa: E731
+    mean = lambda texts: sum(fluency.evaluate(texts)) / len(texts)  # noqa: E731
     click.echo(f"fluency (0-2 judge calibrated on the unsteered answers): unsteered "
                f"{mean(result.unsteered_texts):.2f}, steered {mean(result.steered_texts):.2f}")
     _say("done", start)
