@@ -45,6 +45,13 @@ def test_repetition_penalty_catches_loops():
     assert repetition_penalty("the sea, the sea, the sea, the sea, the sea, the sea") == 2
 
 
+def test_repetition_penalty_catches_loops_without_spaces():
+    # a steered SmolLM2 answer that perplexity alone rated fully fluent: one "word", so no word 3-grams at all
+    assert repetition_penalty("1. **1011101110111111111111111111111111111111111111111111111111111") == 2
+    assert repetition_penalty("1. **101** - 101.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1") == 1
+    assert repetition_penalty("Paris, Lyon and Marseille are the three largest cities of France.") == 0
+
+
 def test_concept_score_separates_concept_text_from_other_text():
     judge = ConceptScore.calibrated("Text about the ocean and the sea.", OCEAN, OTHER)
     scores = judge.evaluate(["The ocean waves rolled onto the sandy beach.", "The tax form is due in April.", ""])

@@ -131,3 +131,10 @@ def distinct_ratio(text: str, n: int = 3) -> float:
     words = text.split()
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def distinct_char_ratio(text: str, n: int = 8) -> float:
+    """Fraction of distinct character n-grams, whitespace collapsed: catches loops without word breaks ("10111...")."""
+    flat = " ".join(text.split())
+    grams = [flat[i : i + n] for i in range(len(flat) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0

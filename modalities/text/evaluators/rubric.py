@@ -28,11 +28,13 @@ from sklearn.metrics import roc_curve
 
 from polysteer.errors import PolysteerError
 from polysteer.evaluator import Evaluator
-from polysteer.modalities.text.evaluators.judges import Perplexity, distinct_ratio, embed
+from polysteer.modalities.text.evaluators.judges import Perplexity, distinct_char_ratio, distinct_ratio, embed
 
 FLUENCY_QUANTILE = 0.9
 FLUENCY_SLACK = 3.0
 REPETITION_STEPS = ((0.5, 2), (0.8, 1))
+# character 8-grams: the unsteered SmolLM2 answers' lowest ratio is 0.56, digit loops score 0.14-0.29
+CHAR_REPETITION_STEPS = ((0.3, 2), (0.5, 1))
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,10 @@ class FluencyScore(Evaluator):
 
 
 def repetition_penalty(text: str) -> int:
-    """1 when under 80% of the word 3-grams are distinct, 2 under 50%, else 0."""
-    ratio = distinct_ratio(text)
-    return next((penalty for cut, penalty in REPETITION_STEPS if ratio < cut), 0)
+    """1 when under 80% of the word 3-grams are distinct, 2 under 50%; the same for character 8-grams at 50% and
+    30%, so a loop without spaces (which perplexity rates as fluent) is caught too; the larger penalty counts."""
+    steps = ((distinct_ratio(text), REPETITION_STEPS), (distinct_char_ratio(text), CHAR_REPETITION_STEPS))
+    return max(next((penalty for cut, penalty in cuts if ratio < cut), 0) for ratio, cuts in steps)
 
 
 class AxBenchScore(Evaluator):
