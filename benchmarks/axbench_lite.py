@@ -44,7 +44,7 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ from concept_suite import Suite, load_suite
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from polysteer import Intervention, hook_point, make_finder, stack_plans
+from polysteer import Intervention, Plan, hook_point, make_finder, stack_plans
 from polysteer.modalities.text import Example, cache_dir, collect, generate, load_model, token_labels
 from polysteer.modalities.text.evaluators import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 from polysteer.modalities.text.sae import SHIPPED_SAE
@@ -65,6 +65,28 @@ OUT = RESULTS / "axbench_lite"
 FINDERS = {"diffmean": ("diffmean", {}), "pca": ("pca_diff", {}), "probe": ("probe", {}), "rfm": ("rfm", {}),
            "sae": ("sae_contrast", {"sae": str(SHIPPED_SAE)}),
            "sae_filtered": ("sae_contrast", {"sae": str(SHIPPED_SAE), "score_filter": "output"})}
+# fluency-preserving ways to apply a row's direction, each a "+variant" row of the best steering row; the magnitude
+# (factor x class separation) is what "add" would add at the layer
+SPREAD = (-2, -1, 0, 1, 2)  # layers around the row's, each adding a fifth
+VARIANTS = {
+    "rotate": lambda iv, norm: [replace(iv, coefficient=iv.coefficient / (ROTATE_GAIN * norm), operator="rotate")],
+    "spread": lambda iv, norm: [replace(iv, hook_point=hook_point(layer_of(iv.hook_point) + k),
+                                        coefficient=iv.coefficient / len(SPREAD)) for k in SPREAD],
+    "generated": lambda iv, norm: [replace(iv, schedule="generated-only")],
+    "decay": lambda iv, norm: [replace(iv, schedule="decay:0-32")],
+}
+ROTATE_GAIN = 0.1  # the rotate operator's default: coefficient c turns normalize(h) by gain x c x unit(v)
+
+
+def layer_of(hp: str) -> int:
+    return int(hp.split(".")[2])
+
+
+def apply_variant(method: str, iv: Intervention, norms: dict[str, float]) -> Intervention | Plan:
+    """``iv`` as the row's variant applies it (plain ``iv`` for a row without one); rotate's coefficient is set so
+    its first step turns the activation as far as adding ``iv`` to an activation of the typical norm would."""
+    variant = method.partition("+")[2]
+    return Plan(VARIANTS[variant](iv, norms.get(iv.hook_point, 0.0))) if variant else iv
 
 
 @dataclass
@@ -74,7 +96,7 @@ class Job:
     key: str
     prompt: str
     system: str | None = None
-    plan: Intervention | None = None
+    plan: Intervention | Plan | None = None
 
 
 class Cache:
@@ -197,15 +219,17 @@ def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | No
         for (name, method, hp), finder in fitted.items():
             if name != c.name:
                 continue
-            factors = args.factors if chosen is None else [chosen[name, method, hp]]
+            factors = (args.variant_factors if "+" in method else args.factors) if chosen is None else [
+                chosen[name, method, hp]]
             for factor in factors:
                 plan = Intervention(finder.direction_, hp, factor * float(finder.scale_))
+                applied = apply_variant(method, plan, args.norms)
                 for ins in instructions:
                     row = {"name": name, "method": method, "hook_point": hp, "factor": factor, "instruction": ins}
                     job_key = key("steer", name, method, hp, factor, ins, args.tokens, args.dtype, fingerprint(plan),
                                   *(["appended"] if appended else []))
                     prompt = f"{ins} {c.instruction}" if appended else ins
-                    pairs.append((row, Job(job_key, prompt, None, plan)))
+                    pairs.append((row, Job(job_key, prompt, None, applied)))
     return pairs
 
 
@@ -269,14 +293,27 @@ def best_steering(selection: list[dict], chosen: dict) -> tuple[str, str]:
     return max(scores, key=scores.get)
 
 
-def prompt_steer_source(args, selection: list[dict], chosen: dict) -> tuple[str, str] | None:
-    """prompt_steer's (method, hook point): ``--prompt-steer-method``, else the best steering row; None: no row."""
+def prompt_steer_source(args, best: tuple[str, str]) -> tuple[str, str] | None:
+    """prompt_steer's (method, hook point): ``--prompt-steer-method``, else ``best``; None: no row."""
     if args.no_prompting or args.prompt_steer_method == "none":
         return None
     if args.prompt_steer_method:
         method, layer = args.prompt_steer_method.split("@")
         return method, (args.sae_hook_point if method in SAE_METHODS else hook_point(int(layer)))
-    return best_steering(selection, chosen)
+    return best
+
+
+def variant_rows(fitted: dict, source: tuple[str, str], args) -> dict:
+    """``source``'s fitted finders again under each ``--variants`` name (method ``"METHOD+VARIANT"``)."""
+    return {(name, f"{method}+{v}", hp): finder for (name, method, hp), finder in fitted.items()
+            if (method, hp) == source for v in args.variants}
+
+
+def token_norms(model, tokenizer, suite: Suite, points: list[str]) -> dict[str, float]:
+    """The median norm of one token's activation at each hook point, over the suite's neutral texts."""
+    acts = collect(model, tokenizer, list(suite.neutral), points, pooling="tokens",
+                   cache_dir=str(cache_dir() / "axbench-lite" / "activations"))
+    return {hp: float(acts[hp].float().norm(dim=-1).median()) for hp in points}
 
 
 def parse_args(argv=None):
@@ -299,6 +336,12 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-steer-method", default=None,
                         help="METHOD@LAYER (e.g. diffmean@12) steered with prompt_appended's prompt in the "
                              "prompt_steer row; default the best steering row on the selection half; 'none': no row")
+    parser.add_argument("--variants", default="",
+                        help=f"comma-separated ways to apply the best steering row, of {','.join(VARIANTS)} (rows "
+                             "METHOD+VARIANT, their factors chosen on the selection half from --variant-factors)")
+    parser.add_argument("--variant-source", default=None, help="METHOD@LAYER the variants apply (default: the best "
+                        "steering row on the selection half)")
+    parser.add_argument("--variant-factors", default="0.1,0.25,0.5,1,2,4", help="the variants' factor grid")
     parser.add_argument("--quick", action="store_true", help="2 concepts, 2 factors, 2+2 instructions, 32 tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -308,22 +351,30 @@ def parse_args(argv=None):
     if set(args.methods) - set(FINDERS):
         parser.error(f"unknown --methods {sorted(set(args.methods) - set(FINDERS))}; choose from {list(FINDERS)}")
     args.factors = [float(x) for x in args.factors.split(",")]
+    args.variant_factors = [float(x) for x in args.variant_factors.split(",")]
+    args.variants = [v for v in args.variants.split(",") if v]
+    if set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown --variants {sorted(set(args.variants) - set(VARIANTS))}; choose from {list(VARIANTS)}")
+    args.norms = {}
     args.sae_hook_point = hook_point(sae_layer())
     if args.prompt_steer_method not in (None, "none"):
         args.prompt_steer_method = _steered_row(parser, args, args.prompt_steer_method)
+    if args.variant_source:
+        method, layer = _steered_row(parser, args, args.variant_source, "--variant-source").split("@")
+        args.variant_source = (method, args.sae_hook_point if method in SAE_METHODS else hook_point(int(layer)))
     args.out = args.out or (OUT / "quick" if args.quick else OUT)
     return args
 
 
-def _steered_row(parser, args, spec: str) -> str:
+def _steered_row(parser, args, spec: str, flag: str = "--prompt-steer-method") -> str:
     """``METHOD@LAYER`` checked against the rows this run fits: ``--methods`` at ``--layers``, SAE rows at the SAE's."""
     method, _, layer = spec.partition("@")
     layer = layer.removeprefix("L")
     if method not in args.methods or not layer.isdigit():
-        parser.error(f"--prompt-steer-method {spec!r}: give METHOD@LAYER with METHOD one of --methods {args.methods}")
+        parser.error(f"{flag} {spec!r}: give METHOD@LAYER with METHOD one of --methods {args.methods}")
     layers = [int(args.sae_hook_point.split(".")[2])] if method in SAE_METHODS else args.layers
     if int(layer) not in layers:
-        parser.error(f"--prompt-steer-method {spec!r}: {method} runs at layers {layers}; pick one of them")
+        parser.error(f"{flag} {spec!r}: {method} runs at layers {layers}; pick one of them")
     return f"{method}@{int(layer)}"
 
 
@@ -341,8 +392,8 @@ def main(argv=None) -> None:
     model, tokenizer = load_model()
     suite = load_suite().subset(limit=args.concepts)
     work = cache_dir() / "axbench-lite"
-    # scores-v2: fluency judged on the output alone (v1 conditioned it on the prompt)
-    cache, scores = Cache(work / "generations.jsonl"), Cache(work / "scores-v2.jsonl")
+    # v2: fluency judged on the output alone (v1 conditioned it on the prompt); v3: character-level loops penalised
+    cache, scores = Cache(work / "generations.jsonl"), Cache(work / "scores-v3.jsonl")
     positives, negatives = training_data(model, tokenizer, suite, cache, args)
     fitted = fit_directions(model, tokenizer, suite, positives, negatives, args)
     aurocs = detection(model, tokenizer, suite, fitted, args)
@@ -352,7 +403,15 @@ def main(argv=None) -> None:
     selection = phase(steering_jobs(suite, fitted, args, "selection"), "selection half")
     judges.score(selection, scores)
     chosen = choose_factors(selection)
-    source = prompt_steer_source(args, selection, chosen)
+    best = best_steering(selection, chosen)
+    variants = variant_rows(fitted, args.variant_source or best, args)
+    if variants:
+        args.norms = token_norms(model, tokenizer, suite, sorted({hp for _, _, hp in variants}))
+        applied = phase(steering_jobs(suite, variants, args, "selection"), "variant selection")
+        judges.score(applied, scores)
+        chosen |= choose_factors(applied)
+        selection += applied
+    source = prompt_steer_source(args, best)
     steered = {k: f for k, f in fitted.items() if (k[1], k[2]) == source}
     steered = {(name, "prompt_steer", hp): f for (name, _, hp), f in steered.items()}
     if steered:  # the same factor search, with the prompt present
@@ -360,7 +419,7 @@ def main(argv=None) -> None:
         judges.score(prompted, scores)
         chosen |= choose_factors(prompted)
         selection += prompted
-    report = phase(steering_jobs(suite, fitted, args, "report", chosen) + reference_jobs(suite, args) +
+    report = phase(steering_jobs(suite, fitted | variants, args, "report", chosen) + reference_jobs(suite, args) +
                    steering_jobs(suite, steered, args, "report", chosen, appended=True), "report half")
     judges.score(report, scores)
     write_results(args, suite, selection, report, fitted, aurocs, chosen, time.time() - start,

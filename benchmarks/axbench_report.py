@@ -119,7 +119,9 @@ def agreement_text(overall: dict, per_row: list[dict]) -> list[str]:
             f"plural). n = {overall['n']}: accuracy of (judge > 0) vs keyword hit {overall['accuracy']:.3f}, Cohen's "
             f"kappa {overall['kappa']:.3f}. Keywords are a noisy label (tone concepts rarely name their keyword; "
             "common words such as `space` or `team` hit off-concept), so this bounds, not measures, the judge's "
-            "error. Per row below, kappa is nan where judge and keywords both give one label only.\n",
+            "error. Per row below, kappa is nan where judge and keywords both give one label only. Against 120 "
+            "outputs labelled by a reader blind to method and scores: [hand_labels.md](hand_labels.md) "
+            "(`benchmarks/judge_hand_labels.py`).\n",
             markdown(confusion, list(confusion[0])), markdown(per_row, list(per_row[0]))]
 
 
@@ -172,6 +174,12 @@ def _by_factor(rows: list[dict]) -> dict[float, list[dict]]:
     return dict(sorted(groups.items()))
 
 
+def factor_table(selection: list[dict]) -> list[dict]:
+    """Selection-half means per (method, hook point) and factor: where each row's trade-off peaks."""
+    return [{"row": label(*k), "factor": f"{f:g}", "n": len(g), **{part: f"{mean(g, part):.3f}" for part in PARTS}}
+            for k, rows in _groups(selection).items() for f, g in _by_factor(rows).items()]
+
+
 def pareto_plot(selection: list[dict], report: list[dict], path: Path) -> None:
     """Mean concept vs mean fluency per factor (selection half), one line per method and layer."""
     import matplotlib
@@ -210,14 +218,17 @@ def header(args, suite, table: list[dict], source: str | None, chosen_at: dict, 
              "the prompt present. Selection-half score at the chosen factors: "
              + ", ".join(f"{label(*k)} {v:.3f}" for k, v in chosen_at.items() if k[0] != "prompt_steer") + "."
              if source else "")
+    variants = (f" The `+VARIANT` rows ({', '.join(args.variants)}) try factors {args.variant_factors}."
+                if getattr(args, "variants", None) else "")
     return (f"# AxBench-lite on SmolLM2-135M-Instruct\n\nCommand: `{command.strip()}` ({seconds / 60:.0f} min, "
             f"{torch.get_num_threads()} threads).\n\n{len(suite.concepts)} concepts; factors {args.factors} x class "
             f"separation; {args.selection} selection + {args.report} report instructions per concept, so n = "
             f"{' / '.join(map(str, counts))} report samples per method; {args.tokens} new tokens, greedy, generated "
-            f"in {args.dtype}. Scores are 0-2 (AxBench rule: harmonic mean, 0 if any part is 0), each shown as "
-            "`mean [95% CI]`: a percentile bootstrap (2,000 resamples, seed 0) over the row's (concept, instruction) "
-            "samples, which treats samples as independent (instructions of one concept share its direction, so an "
-            f"interval over concepts would be wider); AUROC is concept detection on the held-out texts.{steer}\n\n"
+            f"in {args.dtype}.{variants} Scores are 0-2 (AxBench rule: harmonic mean, 0 if any part is 0), each "
+            "shown as `mean [95% CI]`: a percentile bootstrap (2,000 resamples, seed 0) over the row's (concept, "
+            "instruction) samples, which treats samples as independent (instructions of one concept share its "
+            "direction, so an interval over concepts would be wider); AUROC is concept detection on the held-out "
+            f"texts.{steer}\n\n"
             f"Ordering: {ordering}\n")
 
 
@@ -255,6 +266,12 @@ def write_results(args, suite, selection, report, fitted, aurocs, chosen, second
             "## Methods (report half, chosen factor)\n", markdown(rows, list(rows[0])), "![pareto](pareto.png)\n",
             *paired, "## Score per concept\n",
             markdown(per_concept(report, columns), ["concept"] + [label(*c) for c in columns])]
+    factors = factor_table(selection)
+    text += ["## Selection half, per factor\n", "What each factor gave on the selection instructions (the chosen "
+             "factor is each concept's best score there; a `+VARIANT` row applies the best steering row's direction "
+             "another way: `rotate` turns the activation and keeps its norm, `spread` adds a fifth at each of five "
+             "layers around it, `generated` steers only generated tokens, `decay` fades linearly to 0 over the first "
+             "32 steps).\n", markdown(factors, list(factors[0]))]
     if sae:
         text += ["## SAE feature: output-score filtered vs unfiltered\n", markdown(sae, list(sae[0]))]
     text += agreement_text(overall, per_row)
@@ -267,5 +284,6 @@ def write_results(args, suite, selection, report, fitted, aurocs, chosen, second
         {"summary": table, "intervals": cis, "differences": diffs, "prompt_steer_source": source,
          "agreement": _no_nan(overall), "agreement_per_row": [_no_nan(r) for r in per_row], "sae": sae,
          "aurocs": {"|".join(k): v for k, v in aurocs.items()},
-         "chosen": {"|".join(k): v for k, v in chosen.items()}, "report": report}, indent=1))
+         "chosen": {"|".join(k): v for k, v in chosen.items()}, "report": report,
+         "selection": [{k: v for k, v in r.items() if k != "text"} for r in selection]}, indent=1))
     print("\n".join(text))

@@ -67,10 +67,12 @@ def test_prompt_steer_source_is_the_best_row_at_its_chosen_factors(bench):
                                              ("ocean", b, 1.0, 1.0), ("dogs", b, 4.0, 1.5), ("dogs", b, 1.0, 0.0)]]
     chosen = bench.lite.choose_factors(selection)
     assert bench.lite.best_steering(selection, chosen) == b  # (1.0 + 1.5) / 2 beats (2.0 + 0.0) / 2
-    args = SimpleNamespace(no_prompting=False, prompt_steer_method="diffmean@12", sae_hook_point="x")
-    assert bench.lite.prompt_steer_source(args, selection, chosen) == a
+    args = SimpleNamespace(no_prompting=False, prompt_steer_method=None, sae_hook_point="x")
+    assert bench.lite.prompt_steer_source(args, b) == b
+    args.prompt_steer_method = "diffmean@12"
+    assert bench.lite.prompt_steer_source(args, b) == a
     args.prompt_steer_method = "none"
-    assert bench.lite.prompt_steer_source(args, selection, chosen) is None
+    assert bench.lite.prompt_steer_source(args, b) is None
 
 
 def test_prompt_steer_method_must_be_a_fitted_row(bench):
@@ -80,3 +82,45 @@ def test_prompt_steer_method_must_be_a_fitted_row(bench):
         bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--prompt-steer-method", "diffmean@20"])
     args = bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--prompt-steer-method", "diffmean@L12"])
     assert args.prompt_steer_method == "diffmean@12"
+
+
+def test_variants_apply_the_rows_vector_as_named(bench):
+    import torch
+
+    from polysteer import Intervention
+
+    hp = "text.blocks.12.resid_post"
+    iv = Intervention(torch.tensor([1.0, 0.0]), hp, 6.0)
+    assert bench.lite.apply_variant("diffmean", iv, {}) is iv
+    spread = bench.lite.apply_variant("diffmean+spread", iv, {}).interventions
+    assert [x.hook_point.split(".")[2] for x in spread] == ["10", "11", "12", "13", "14"]
+    assert sum(x.coefficient for x in spread) == pytest.approx(6.0)  # the same total, a fifth at each layer
+    (rotate,) = bench.lite.apply_variant("diffmean+rotate", iv, {hp: 120.0}).interventions
+    assert rotate.operator == "rotate" and rotate.coefficient * 0.1 == pytest.approx(6.0 / 120.0)
+    (decay,) = bench.lite.apply_variant("pca+decay", iv, {}).interventions
+    assert decay.schedule == "decay:0-32" and decay.coefficient == 6.0 and decay.direction is iv.direction
+
+
+def test_variants_and_their_source_are_checked_when_parsed(bench):
+    with pytest.raises(SystemExit):
+        bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--variants", "rotate,wobble"])
+    with pytest.raises(SystemExit):
+        bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--variant-source", "pca@12"])
+    args = bench.lite.parse_args(["--methods", "diffmean", "--layers", "12", "--variants", "rotate,spread",
+                                  "--variant-source", "diffmean@12"])
+    assert args.variants == ["rotate", "spread"] and args.variant_source == ("diffmean", "text.blocks.12.resid_post")
+
+
+def test_hand_label_agreement_counts_exact_and_present_calls(bench):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        labels = importlib.import_module("judge_hand_labels")
+    finally:
+        sys.path.remove(BENCHMARKS)
+    rows = [{"label": a, "judge": b, "keyword": k} for a, b, k in [(0, 0, False), (0, 1, False), (2, 2, True),
+                                                                   (1, 2, False), (2, 0, True)]]
+    stats = labels.agreement(rows)
+    assert stats["exact"] == pytest.approx(2 / 5)
+    assert stats["judge > 0 vs label > 0"]["accuracy"] == pytest.approx(3 / 5)  # wrong on rows 2 and 5
+    assert stats["keyword vs label > 0"]["accuracy"] == pytest.approx(4 / 5)  # misses the label-1 row only
+    assert labels.confusion(rows)[0] == {"label": 0, "judge 0": 1, "judge 1": 1, "judge 2": 0}
