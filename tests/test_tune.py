@@ -28,6 +28,14 @@ def test_instructions_alternate_between_choosing_and_reporting():
     assert select == PROMPTS[0::2] and report == PROMPTS[1::2] and not set(select) & set(report)
 
 
+def test_pareto_front_keeps_undominated_points_and_survives_ties():
+    from polysteer.modalities.text.cli.tune import pareto_front
+
+    # two candidates often score alike on 10 prompts; the front once sorted the candidates themselves and crashed
+    points = [(1.5, 0.2), (1.5, 0.2), (1.0, 0.8), (1.2, 0.1), (0.5, 0.8), (2.0, 0.0)]
+    assert pareto_front(points) == [(1.0, 0.8), (1.5, 0.2), (2.0, 0.0)]
+
+
 def test_candidates_cover_each_layer_and_all_layers(direction):
     cands = candidates(direction, [0, 0.5, 2.0], ["constant", "generated-only"])
     assert len(cands) == 3 * 2 * 2 and Candidate(ALL, 2.0, "generated-only") in cands

@@ -92,6 +92,12 @@ def _as_json(result: TuneResult) -> dict:
             "selection": [{**vars(c), **m} for c, m in result.selection.items()]}
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (fluency, concept) points no other point beats on both, sorted; candidates that tie share one point."""
+    unique = set(points)
+    return sorted(p for p in unique if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in unique))
+
+
 def _pareto(result: TuneResult, path: Path) -> None:
     """Concept vs fluency of every candidate on the selection half; the Pareto front joined, the choice starred."""
     import matplotlib
@@ -99,8 +105,8 @@ def _pareto(result: TuneResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(m["fluency"], m["concept"], c) for c, m in result.selection.items()]
-    front = sorted(p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points))
+    points = [(m["fluency"], m["concept"]) for m in result.selection.values()]
+    front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="0.6", label="candidates")
     ax.plot([p[0] for p in front], [p[1] for p in front], color="C0", marker="o", label="Pareto front")
