@@ -298,17 +298,20 @@ def operator_option(default: str | None = None, help: str = "Registered operator
                         type=registered_type("operators"), help=help)
 
 
-def schedule_option(multiple: bool = False, steps_per_second: float | None = None, help: str = "") -> Decorator:
+def schedule_option(multiple: bool = False, steps_per_second: float | None = None, help: str = "",
+                    default: str | None = None) -> Decorator:
     """``--schedule SPEC`` (parameter ``schedule``, or ``schedules`` when repeatable), parsed to check it.
 
     Args:
         multiple: repeatable (one schedule per direction).
         steps_per_second: the modality's frame rate, so specs in seconds (``ramp:5s-15s``) parse.
         help: what the schedule applies to.
+        default: the spec used when the option is not given (None: the command's own).
     """
     parse = Parsed("schedule", lambda text, option: check_schedule(text, option, steps_per_second))
     return click.option("--schedule", "schedules" if multiple else "schedule", multiple=multiple, metavar="SPEC",
-                        type=parse, help=help or "e.g. constant, generated-only, window:0-20, ramp:0-10.")
+                        type=parse, default=default, show_default=default is not None,
+                        help=help or "e.g. constant, generated-only, window:0-20, ramp:0-10.")
 
 
 def site_option(default: str = "resid_post") -> Decorator:

@@ -101,6 +101,7 @@ ROWS = [
     ("generate --schedule exp-decay:-0.5", f"generate {TEXT} -d {{d}} --schedule exp-decay:-0.5 hi",
      "exp-decay rate must be in (0, 1], got -0.5"),
     ("generate --schedule wobble", f"generate {TEXT} -d {{d}} --schedule wobble hi", "unknown schedule 'wobble'"),
+    ("demo --schedule wobble", f"demo {TEXT} --schedule wobble", "unknown schedule 'wobble'"),
     ("music generate --schedule ramp:5-2", f"music generate hi -d {{d}} {MUSIC} --schedule ramp:5-2 -o {{out}}/x.wav",
      "ramp needs start < end"),
     # names checked against the plugin registry
