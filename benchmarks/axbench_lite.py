@@ -74,6 +74,10 @@ VARIANTS = {
                                         coefficient=iv.coefficient / len(SPREAD)) for k in SPREAD],
     "generated": lambda iv, norm: [replace(iv, schedule="generated-only")],
     "decay": lambda iv, norm: [replace(iv, schedule="decay:0-32")],
+    # the demo's recipe: three blocks two apart, a third each, fading out over 20 steps
+    "spread-decay": lambda iv, norm: [replace(iv, hook_point=hook_point(layer_of(iv.hook_point) + k),
+                                              coefficient=iv.coefficient / 3, schedule="decay:0-20")
+                                      for k in (-2, 0, 2)],
 }
 ROTATE_GAIN = 0.1  # the rotate operator's default: coefficient c turns normalize(h) by gain x c x unit(v)
 

@@ -271,7 +271,8 @@ def write_results(args, suite, selection, report, fitted, aurocs, chosen, second
              "factor is each concept's best score there; a `+VARIANT` row applies the best steering row's direction "
              "another way: `rotate` turns the activation and keeps its norm, `spread` adds a fifth at each of five "
              "layers around it, `generated` steers only generated tokens, `decay` fades linearly to 0 over the first "
-             "32 steps).\n", markdown(factors, list(factors[0]))]
+             "32 steps, `spread-decay` adds a third at each of three blocks two apart and fades out over 20 steps, as "
+             "`polysteer demo` does).\n", markdown(factors, list(factors[0]))]
     if sae:
         text += ["## SAE feature: output-score filtered vs unfiltered\n", markdown(sae, list(sae[0]))]
     text += agreement_text(overall, per_row)

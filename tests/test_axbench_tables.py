@@ -97,6 +97,9 @@ def test_variants_apply_the_rows_vector_as_named(bench):
     assert sum(x.coefficient for x in spread) == pytest.approx(6.0)  # the same total, a fifth at each layer
     (rotate,) = bench.lite.apply_variant("diffmean+rotate", iv, {hp: 120.0}).interventions
     assert rotate.operator == "rotate" and rotate.coefficient * 0.1 == pytest.approx(6.0 / 120.0)
+    both = bench.lite.apply_variant("diffmean+spread-decay", iv, {}).interventions
+    assert [x.hook_point.split(".")[2] for x in both] == ["10", "12", "14"]
+    assert {x.schedule for x in both} == {"decay:0-20"} and sum(x.coefficient for x in both) == pytest.approx(6.0)
     (decay,) = bench.lite.apply_variant("pca+decay", iv, {}).interventions
     assert decay.schedule == "decay:0-32" and decay.coefficient == 6.0 and decay.direction is iv.direction
 
