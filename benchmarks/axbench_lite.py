@@ -56,7 +56,7 @@ from concept_suite import Suite, load_suite
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from polysteer import Intervention, Plan, hook_point, make_finder, stack_plans
+from polysteer import Intervention, Plan, hook_point, make_finder, registry, stack_plans
 from polysteer.modalities.text import Example, cache_dir, collect, generate, load_model, token_labels
 from polysteer.modalities.text.evaluators import AxBenchScore, ConceptScore, FluencyScore, InstructionScore
 from polysteer.modalities.text.sae import SHIPPED_SAE
@@ -67,19 +67,28 @@ FINDERS = {"diffmean": ("diffmean", {}), "pca": ("pca_diff", {}), "probe": ("pro
            "sae_filtered": ("sae_contrast", {"sae": str(SHIPPED_SAE), "score_filter": "output"})}
 # fluency-preserving ways to apply a row's direction, each a "+variant" row of the best steering row; the magnitude
 # (factor x class separation) is what "add" would add at the layer
-SPREAD = (-2, -1, 0, 1, 2)  # layers around the row's, each adding a fifth
+
+
+def _spread(iv: Intervention, offsets: tuple[int, ...], **changes) -> list[Intervention]:
+    """``iv`` split evenly over the blocks ``offsets`` away from its own."""
+    return [replace(iv, hook_point=hook_point(layer_of(iv.hook_point) + k), coefficient=iv.coefficient / len(offsets),
+                    **changes) for k in offsets]
+
+
+def _rotate(iv: Intervention, norm: float) -> list[Intervention]:
+    """The norm-preserving operator, its first step turning the activation as far as adding ``iv`` to one of the
+    typical norm would (coefficient c turns normalize(h) by gain x c x unit(v))."""
+    gain = registry("operators")["rotate"]().gain
+    return [replace(iv, coefficient=iv.coefficient / (gain * norm), operator="rotate")]
+
+
 VARIANTS = {
-    "rotate": lambda iv, norm: [replace(iv, coefficient=iv.coefficient / (ROTATE_GAIN * norm), operator="rotate")],
-    "spread": lambda iv, norm: [replace(iv, hook_point=hook_point(layer_of(iv.hook_point) + k),
-                                        coefficient=iv.coefficient / len(SPREAD)) for k in SPREAD],
+    "rotate": _rotate,
+    "spread": lambda iv, norm: _spread(iv, (-2, -1, 0, 1, 2)),
     "generated": lambda iv, norm: [replace(iv, schedule="generated-only")],
     "decay": lambda iv, norm: [replace(iv, schedule="decay:0-32")],
-    # the demo's recipe: three blocks two apart, a third each, fading out over 20 steps
-    "spread-decay": lambda iv, norm: [replace(iv, hook_point=hook_point(layer_of(iv.hook_point) + k),
-                                              coefficient=iv.coefficient / 3, schedule="decay:0-20")
-                                      for k in (-2, 0, 2)],
+    "spread-decay": lambda iv, norm: _spread(iv, (-2, 0, 2), schedule="decay:0-20"),  # the demo's recipe
 }
-ROTATE_GAIN = 0.1  # the rotate operator's default: coefficient c turns normalize(h) by gain x c x unit(v)
 
 
 def layer_of(hp: str) -> int:
@@ -87,8 +96,7 @@ def layer_of(hp: str) -> int:
 
 
 def apply_variant(method: str, iv: Intervention, norms: dict[str, float]) -> Intervention | Plan:
-    """``iv`` as the row's variant applies it (plain ``iv`` for a row without one); rotate's coefficient is set so
-    its first step turns the activation as far as adding ``iv`` to an activation of the typical norm would."""
+    """``iv`` as the row's variant (after ``+`` in ``method``) applies it; plain ``iv`` for a row without one."""
     variant = method.partition("+")[2]
     return Plan(VARIANTS[variant](iv, norms.get(iv.hook_point, 0.0))) if variant else iv
 
@@ -211,10 +219,11 @@ def detection(model, tokenizer, suite: Suite, fitted: dict, args) -> dict:
 
 
 def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | None = None,
-                  appended: bool = False) -> list[tuple[dict, Job]]:
+                  appended: bool = False, norms: dict[str, float] | None = None) -> list[tuple[dict, Job]]:
     """(row, job) pairs: every factor on the selection half, or each chosen factor on the report half.
 
-    With ``appended`` the user prompt carries the concept's instruction, as prompt_appended's does (prompt + steer).
+    With ``appended`` the user prompt carries the concept's instruction, as prompt_appended's does (prompt + steer);
+    ``norms`` (median token norm per hook point) sizes the rotate variant.
     """
     pairs = []
     for i, c in enumerate(suite.concepts):
@@ -227,7 +236,7 @@ def steering_jobs(suite: Suite, fitted: dict, args, half: str, chosen: dict | No
                 chosen[name, method, hp]]
             for factor in factors:
                 plan = Intervention(finder.direction_, hp, factor * float(finder.scale_))
-                applied = apply_variant(method, plan, args.norms)
+                applied = apply_variant(method, plan, norms or {})
                 for ins in instructions:
                     row = {"name": name, "method": method, "hook_point": hp, "factor": factor, "instruction": ins}
                     job_key = key("steer", name, method, hp, factor, ins, args.tokens, args.dtype, fingerprint(plan),
@@ -359,7 +368,6 @@ def parse_args(argv=None):
     args.variants = [v for v in args.variants.split(",") if v]
     if set(args.variants) - set(VARIANTS):
         parser.error(f"unknown --variants {sorted(set(args.variants) - set(VARIANTS))}; choose from {list(VARIANTS)}")
-    args.norms = {}
     args.sae_hook_point = hook_point(sae_layer())
     if args.prompt_steer_method not in (None, "none"):
         args.prompt_steer_method = _steered_row(parser, args, args.prompt_steer_method)
@@ -409,9 +417,9 @@ def main(argv=None) -> None:
     chosen = choose_factors(selection)
     best = best_steering(selection, chosen)
     variants = variant_rows(fitted, args.variant_source or best, args)
+    norms = token_norms(model, tokenizer, suite, sorted({hp for _, _, hp in variants})) if variants else {}
     if variants:
-        args.norms = token_norms(model, tokenizer, suite, sorted({hp for _, _, hp in variants}))
-        applied = phase(steering_jobs(suite, variants, args, "selection"), "variant selection")
+        applied = phase(steering_jobs(suite, variants, args, "selection", norms=norms), "variant selection")
         judges.score(applied, scores)
         chosen |= choose_factors(applied)
         selection += applied
@@ -423,7 +431,8 @@ def main(argv=None) -> None:
         judges.score(prompted, scores)
         chosen |= choose_factors(prompted)
         selection += prompted
-    report = phase(steering_jobs(suite, fitted | variants, args, "report", chosen) + reference_jobs(suite, args) +
+    report = phase(steering_jobs(suite, fitted | variants, args, "report", chosen, norms=norms) +
+                   reference_jobs(suite, args) +
                    steering_jobs(suite, steered, args, "report", chosen, appended=True), "report half")
     judges.score(report, scores)
     write_results(args, suite, selection, report, fitted, aurocs, chosen, time.time() - start,

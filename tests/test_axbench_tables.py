@@ -16,7 +16,8 @@ def bench():
     sys.path.insert(0, BENCHMARKS)  # the benchmark scripts import their siblings (common, power_stats) by name
     try:
         return SimpleNamespace(report=importlib.import_module("axbench_report"),
-                               lite=importlib.import_module("axbench_lite"))
+                               lite=importlib.import_module("axbench_lite"),
+                               labels=importlib.import_module("judge_hand_labels"))
     finally:
         sys.path.remove(BENCHMARKS)
 
@@ -115,11 +116,7 @@ def test_variants_and_their_source_are_checked_when_parsed(bench):
 
 
 def test_hand_label_agreement_counts_exact_and_present_calls(bench):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        labels = importlib.import_module("judge_hand_labels")
-    finally:
-        sys.path.remove(BENCHMARKS)
+    labels = bench.labels
     rows = [{"label": a, "judge": b, "keyword": k} for a, b, k in [(0, 0, False), (0, 1, False), (2, 2, True),
                                                                    (1, 2, False), (2, 0, True)]]
     stats = labels.agreement(rows)

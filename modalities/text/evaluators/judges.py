@@ -128,13 +128,14 @@ class Perplexity(Evaluator):
 
 def distinct_ratio(text: str, n: int = 3) -> float:
     """Fraction of distinct word n-grams: 1 for varied text, near 0 for loops (a repetition check)."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
+    return _distinct(tuple(text.split()), n)
 
 
 def distinct_char_ratio(text: str, n: int = 8) -> float:
     """Fraction of distinct character n-grams, whitespace collapsed: catches loops without word breaks ("10111...")."""
-    flat = " ".join(text.split())
-    grams = [flat[i : i + n] for i in range(len(flat) - n + 1)]
+    return _distinct(" ".join(text.split()), n)
+
+
+def _distinct(items: Sequence, n: int) -> float:
+    grams = [items[i : i + n] for i in range(len(items) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0

@@ -11,7 +11,8 @@ thresholds fitted on reference texts (see :func:`calibrate`):
   positives are each answer against its own instruction, negatives against other instructions.
 * **fluency**: perplexity of the output on its own under the unsteered model, calibrated on unsteered answers:
   2 up to their 90th percentile, 1 up to three times that, else 0; minus a repetition penalty of 1 when
-  fewer than 80% of the word 3-grams are distinct and 2 when fewer than 50% (loops read fluent to perplexity).
+  fewer than 80% of the word 3-grams are distinct and 2 when fewer than 50%, or of 1 under 50% and 2 under 30% of
+  distinct character 8-grams (a loop without spaces); loops read fluent to perplexity.
   The prompt is left out as AxBench's fluency judge leaves it out ("disregarding its completeness, relevance,
   coherence with any broader context"): given the prompt, an answer that turns to the concept reads as surprising,
   and relevance is the instruction judge's part.
